@@ -1,0 +1,193 @@
+"""Run directories, atomic writes and append-only JSONL with exactly-once resume.
+
+Rules every phase follows:
+- Summaries, configs and checkpoints are written to a temporary sibling and renamed (``os.replace`` is
+  atomic on POSIX), so a crash leaves either the old file or the new one, never half of one.
+- Row outputs (rollouts, eval) are append-only JSONL keyed by a tuple of fields. Each row is written
+  as one ``write`` of a complete line followed by flush+fsync. On resume a torn last line (a kill in
+  the middle of a write) is detected, reported and truncated away; rows already there are skipped.
+- An existing non-empty output is never overwritten or extended unless the user said ``--overwrite``
+  or ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class OutputExistsError(RuntimeError):
+    """An output exists and neither --resume nor --overwrite was given."""
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written temp directory into place; the previous one is removed only afterwards."""
+    final_dir = Path(final_dir)
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def safe_join(root: str | Path, name: str) -> Path:
+    """Join a data-derived name under root; refuse absolute names and '..' escapes."""
+    root = Path(root).resolve()
+    p = (root / name).resolve()
+    if Path(name).is_absolute() or not p.is_relative_to(root):
+        raise ValueError(f"path {name!r} escapes the run directory {root}")
+    return p
+
+
+def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> str:
+    """Decide what to do with an existing output. Returns 'fresh', 'resume' or 'overwrite'.
+
+    A file or directory that exists and is non-empty needs --resume or --overwrite.
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite are mutually exclusive")
+    exists = path.exists() and (path.stat().st_size > 0 if path.is_file() else any(path.iterdir()))
+    if not exists:
+        return "fresh"
+    if overwrite:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return "overwrite"
+    if resume:
+        return "resume"
+    raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+
+
+def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> Iterator[dict]:
+    """Yield objects of a JSONL file; a bad line raises DataError naming file and line.
+
+    With allow_torn_tail, a last line without its newline that does not parse is skipped (it is the
+    trace of a killed writer); use ``repair_jsonl`` to cut it off before appending.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if allow_torn_tail and i == last:
+                return
+            raise DataError(f"{path}:{i + 1}: invalid JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
+
+
+def repair_jsonl(path: str | Path) -> int:
+    """Truncate a torn trailing line (no final newline). Returns bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return 0
+        cut = data.rfind(b"\n") + 1
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - cut
+
+
+class JsonlAppender:
+    """Append-only JSONL keyed by ``key_fields``; rows with keys already present are refused.
+
+    Open with ``mode`` from ``check_output``: 'resume' repairs a torn tail and loads existing keys.
+    """
+
+    def __init__(self, path: str | Path, key_fields: tuple[str, ...], mode: str):
+        self.path = Path(path)
+        self.key_fields = key_fields
+        self.keys: set[tuple] = set()
+        self.torn_bytes = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "resume" and self.path.exists():
+            self.torn_bytes = repair_jsonl(self.path)
+            for i, row in enumerate(read_jsonl(self.path)):
+                try:
+                    key = tuple(row[k] for k in key_fields)
+                except KeyError as e:
+                    raise DataError(f"{self.path}: row {i + 1} lacks key field {e}") from None
+                if key in self.keys:
+                    raise DataError(f"{self.path}: duplicate key {key} at row {i + 1}")
+                self.keys.add(key)
+        self._f = open(self.path, "ab")
+
+    def key_of(self, row: dict) -> tuple:
+        return tuple(row[k] for k in self.key_fields)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self.keys
+
+    def write(self, rows: Iterable[dict]) -> None:
+        buf = b""
+        new = []
+        for row in rows:
+            key = self.key_of(row)
+            if key in self.keys:
+                raise DataError(f"{self.path}: key {key} written twice")
+            new.append(key)
+            buf += json.dumps(row, ensure_ascii=False).encode() + b"\n"
+        if not buf:
+            return
+        self._f.write(buf)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.keys.update(new)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
