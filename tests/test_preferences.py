@@ -185,9 +185,9 @@ def test_run_prefs_writes_pairs_summary_and_refuses_overwrite(tmp_path, capsys):
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == summary["pairs"] > 0
     assert all(isinstance(p[k], str) for p in written for k in ("prompt", "chosen", "rejected"))
-    on_disk = json.loads((tmp_path / "data" / "prefs.jsonl.summary.json").read_text())
+    on_disk = json.loads((tmp_path / "data" / "prefs.summary.json").read_text())
     assert on_disk["pairs_by_type"] == summary["pairs_by_type"]
-    assert (tmp_path / "data" / "prefs.jsonl.resolved_config.yaml").is_file()
+    assert (tmp_path / "data" / "prefs.resolved_config.yaml").is_file()
     assert '"pairs_by_type"' in capsys.readouterr().out
 
     out.write_text("keep me\n")

@@ -6,9 +6,9 @@ Command::
     # alias: python -m src.rl_training.build_preferences_abel
 
 Input: the rollouts JSONL (one row per trajectory, see README). Output: a preference JSONL in TRL's
-plain preference format (``prompt``, ``chosen``, ``rejected``: strings) plus bookkeeping fields, a
-``<output>.summary.json`` and the resolved config next to it. The output is rewritten whole (temp file +
-rename); an existing one is refused without ``--overwrite``.
+plain preference format (``prompt``, ``chosen``, ``rejected``: strings) plus bookkeeping fields, and
+next to it ``<stem>.summary.json`` (also printed) and ``<stem>.resolved_config.yaml``. The output is
+rewritten whole (temp file + rename); an existing one is refused without ``--overwrite``.
 
 Rules (DESIGN.md, "Pairs (correctness first)"):
 
@@ -235,8 +235,8 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
     summary = {"smoke": cfg.smoke, "input": str(rollouts_path), "output": str(output_path), **summary}
 
     atomic_write_text(output_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    atomic_write_json(output_path.with_name(output_path.name + ".summary.json"), summary)
-    save_resolved(cfg, output_path.parent, f"{output_path.name}.resolved_config.yaml")
+    atomic_write_json(output_path.with_suffix(".summary.json"), summary)
+    save_resolved(cfg, output_path.parent, output_path.with_suffix(".resolved_config.yaml").name)
     if cfg.smoke:
         print("SMOKE RUN (tiny model): these pairs say nothing about the real model.")
     print(json.dumps(summary, indent=2))
