@@ -152,6 +152,7 @@ class EvalConfig:
     batch_size: int = _f(64, "Questions per generation batch.")
     limit: int | None = _f(None, "Only the first N questions.")
     engine: str = _f("hf", "Generation engine: hf (batched generate) | fast (static cache + compile, GPU).")
+    answer_mode: str = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
 
 
 @dataclass

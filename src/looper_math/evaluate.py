@@ -1,0 +1,129 @@
+"""Phase 5 — evaluation on GSM8K-Platinum (or a dev split), base model or with an adapter.
+
+Command: ``looper-math eval --adapter sft|dpo|none|PATH`` (aliases: ``python -m
+src.eval.eval_abel_sft_platinum`` and ``src.eval.eval_abel_coherence_platinum``).
+
+Greedy decoding, batched with left padding (same outputs as one at a time; tested). Both extraction
+pipelines are reported under their own names, lm-evaluation-harness style: ``strict`` reads the
+``#### N`` line, ``flexible`` falls back to "The answer is", ``\\boxed{}`` and the last number; the
+headline ``correct`` uses ``eval.answer_mode`` (the same mode rollouts use for rewards). Abel-format
+outputs are cut at a new "Question:" before extraction, as Abel's own evaluator does.
+
+Writes one JSONL row per question (append-only, keyed by question_id, resumable) and a summary JSON
+next to it (``<output stem>.summary.json``) recomputed from every row in the file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from looper_math.answers import answers_equal, extract_answer
+from looper_math.compare import wilson_ci
+from looper_math.config import Config, save_resolved
+from looper_math.data import load_split
+from looper_math.generation import GenRequest, generate
+from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
+from looper_math.prompts import STOP_STRINGS, build_prompt
+from looper_math.runio import JsonlAppender, atomic_write_json, check_output, read_jsonl
+
+EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_strict", "extracted_flexible",
+               "correct", "correct_strict", "correct_flexible", "cleaning_status", "num_tokens", "finished", "checkpoint")
+
+
+def default_output(cfg: Config, adapter: str | None) -> Path:
+    name = {None: cfg.eval.base_output, "none": cfg.eval.base_output, "sft": cfg.eval.sft_output, "dpo": cfg.eval.dpo_output}.get(adapter)
+    if name is None:
+        name = f"outputs/{Path(adapter).name}_eval.jsonl"
+    return cfg.path(name)
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".summary.json")
+
+
+def score_row(prediction: str, gold: str, mode: str) -> dict:
+    strict = extract_answer(prediction, mode="strict")
+    flexible = extract_answer(prediction, mode="flexible")
+    c_strict, c_flex = answers_equal(strict, gold), answers_equal(flexible, gold)
+    return {"extracted_strict": strict, "extracted_flexible": flexible,
+            "correct": c_strict if mode == "strict" else c_flex, "correct_strict": c_strict, "correct_flexible": c_flex}
+
+
+def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_tokens: int, run_seconds: float) -> dict:
+    n = len(rows)
+
+    def acc(key: str, subset: list[dict]) -> dict:
+        k = sum(bool(r[key]) for r in subset)
+        lo, hi = wilson_ci(k, len(subset)) if subset else (0.0, 0.0)
+        return {"correct": k, "n": len(subset), "accuracy": k / len(subset) if subset else 0.0, "ci95": [lo, hi]}
+
+    by_status: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_status[r["cleaning_status"]].append(r)
+    strict, flexible = acc("correct_strict", rows), acc("correct_flexible", rows)
+    return {
+        "n": n, "checkpoint": checkpoint, "model": cfg.model.name_or_path, "smoke": cfg.smoke,
+        "answer_mode": cfg.eval.answer_mode, "split": cfg.eval.split,
+        "data": cfg.data.test if cfg.eval.split == "test" else cfg.data.train,
+        "accuracy": acc("correct", rows)["accuracy"], "ci95": acc("correct", rows)["ci95"],
+        "accuracy_strict": strict["accuracy"], "ci95_strict": strict["ci95"],
+        "accuracy_flexible": flexible["accuracy"], "ci95_flexible": flexible["ci95"],
+        "by_cleaning_status": {s: acc("correct", rs) for s, rs in sorted(by_status.items())},
+        "extraction_failures_strict": sum(r["extracted_strict"] is None for r in rows),
+        "extraction_failures_flexible": sum(r["extracted_flexible"] is None for r in rows),
+        "unfinished": sum(not r["finished"] for r in rows),
+        "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
+        "total_tokens": sum(r["num_tokens"] for r in rows),
+        "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
+                     "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None},
+        "finish_reasons": dict(Counter("eos" if r["finished"] else "length" for r in rows)),
+    }
+
+
+def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | None = None,
+             resume: bool = False, overwrite: bool = False) -> dict:
+    out = Path(output) if output else default_output(cfg, adapter)
+    mode = check_output(out, resume=resume, overwrite=overwrite)
+    problems = load_split(cfg, cfg.eval.split)
+    if cfg.eval.limit:
+        problems = problems[: cfg.eval.limit]
+    tokenizer = load_tokenizer(cfg)
+    model, adapter_dir = load_model_with_adapter(cfg, adapter)
+    prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
+    checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
+    save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")
+    fmt = cfg.model.prompt_format
+    run_tokens, t0 = 0, time.time()
+    with JsonlAppender(out, ("question_id",), mode) as sink:
+        todo = [p for p in problems if (p.question_id,) not in sink]
+        if mode == "resume":
+            print(f"eval: resuming {out}: {len(problems) - len(todo)} done, {len(todo)} to go"
+                  + (f" (dropped a torn last line of {sink.torn_bytes} bytes)" if sink.torn_bytes else ""))
+        chunk = max(cfg.eval.batch_size * 4, 1)
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            reqs = [GenRequest(prompt=build_prompt(tokenizer, fmt, p.question)) for p in part]
+            results = generate(model, tokenizer, reqs, max_new_tokens=cfg.eval.max_new_tokens,
+                               batch_size=cfg.eval.batch_size, stop_strings=STOP_STRINGS[fmt],
+                               engine=cfg.eval.engine, desc=f"eval {start + len(part)}/{len(todo)}")
+            rows = []
+            for p, r in zip(part, results):
+                rows.append({"question_id": p.question_id, "question": p.question, "gold": p.gold, "prediction": r.text,
+                             **score_row(r.text, p.gold, cfg.eval.answer_mode), "cleaning_status": p.cleaning_status,
+                             "num_tokens": r.num_tokens, "finished": r.finished, "checkpoint": checkpoint})
+                run_tokens += r.num_tokens
+            sink.write(rows)
+    rows = list(read_jsonl(out))
+    summary = summarize(rows, checkpoint=checkpoint, cfg=cfg, run_tokens=run_tokens, run_seconds=time.time() - t0)
+    atomic_write_json(summary_path(out), summary)
+    lo, hi = summary["ci95"]
+    print(f"eval [{checkpoint}] n={summary['n']}: accuracy {summary['accuracy']:.2%} (95% CI {lo:.2%}-{hi:.2%}), "
+          f"strict {summary['accuracy_strict']:.2%}, flexible {summary['accuracy_flexible']:.2%}, "
+          f"{summary['this_run']['tokens_per_s']} tok/s -> {out}")
+    return summary
+
+
+def eval_complete(cfg: Config, adapter: str | None) -> bool:
+    return summary_path(default_output(cfg, adapter)).exists()

@@ -1,0 +1,107 @@
+"""Phase 1 — supervised fine-tuning with LoRA on GSM8K train.
+
+Command: ``looper-math sft --config configs/abel7b.yaml`` (alias: ``python -m src.baseline_sft.train_sft_abel``).
+Writes the adapter to ``sft.output_dir`` (see train_common for the folder layout).
+
+Assumptions and choices:
+- TRL ``SFTTrainer`` on prompt/completion data: loss on completion tokens only, EOS appended to each
+  completion and learned (labels come from TRL's completion mask, not from pad ids, so pad == eos is safe).
+  Chat models get conversational examples; ``eos_token`` is set to the template's end-of-turn token.
+- Examples longer than ``sft.max_length`` are dropped (and counted), never truncated: truncation would
+  cut the final ``#### N`` line and the EOS, teaching the model not to stop.
+- The base stays in bf16 on GPU (fp32 on CPU); LoRA weights and their optimizer state stay fp32
+  (PEFT keeps adapters fp32 by default), compute is autocast to bf16.
+- A NaN/inf gradient or loss stops training before the optimizer step (NonFiniteGuard).
+- Resumable: ``--resume`` continues from the newest complete checkpoint with optimizer, scheduler, RNG
+  and data position restored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from looper_math.config import Config, save_resolved
+from looper_math.data import load_split
+from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
+from looper_math.prompts import sft_example
+from looper_math.runio import check_output
+from looper_math.train_common import NonFiniteGuard, is_complete, last_checkpoint, losses, peft_lora_config, save_final
+
+
+def build_dataset(cfg: Config, tokenizer):
+    import datasets
+
+    problems = load_split(cfg, "train")
+    if cfg.sft.limit:
+        problems = problems[: cfg.sft.limit]
+    fmt = cfg.model.prompt_format
+    rows = [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
+    kept, dropped = [], 0
+    for r in rows:
+        if fmt == "chat":
+            text = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
+        else:
+            text = r["prompt"] + r["completion"]
+        if len(tokenizer(text).input_ids) + 1 > cfg.sft.max_length:
+            dropped += 1
+            continue
+        kept.append(r)
+    if not kept:
+        raise ValueError(f"sft: no training example fits sft.max_length={cfg.sft.max_length}")
+    return datasets.Dataset.from_list(kept), dropped
+
+
+def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir = cfg.path(cfg.sft.output_dir)
+    mode = check_output(out_dir, resume=resume, overwrite=overwrite)
+    if mode == "resume" and is_complete(out_dir):
+        print(f"sft: {out_dir} is complete; nothing to do")
+        return {"skipped": True, "output_dir": str(out_dir)}
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    tokenizer = load_tokenizer(cfg)
+    train_ds, dropped = build_dataset(cfg, tokenizer)
+    model = load_model(cfg, device, dtype)
+    model.config.use_cache = False
+    save_resolved(cfg, out_dir)
+    s = cfg.sft
+    bf16 = device == "cuda" and str(dtype) == "torch.bfloat16"
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        num_train_epochs=s.epochs, max_steps=s.max_steps,
+        learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio,
+        weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
+        per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+        max_length=s.max_length, padding_free=s.padding_free, use_liger_kernel=s.use_liger_kernel,
+        gradient_checkpointing=s.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16, fp16=False, logging_steps=s.logging_steps, save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit, save_only_model=False, seed=s.seed, data_seed=s.seed,
+        report_to="none", completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
+        dataset_num_proc=None, use_cpu=device == "cpu", logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard()])
+    ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
+    if ckpt:
+        print(f"sft: resuming from {ckpt}")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.time() - t0
+    hist = trainer.state.log_history
+    summary = {
+        "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "examples": len(train_ds),
+        "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
+        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
+    }
+    save_final(trainer, tokenizer, out_dir, cfg, summary)
+    print(f"sft: {summary['steps']} steps, final train loss {summary['train_loss']:.4f}, adapter -> {out_dir}")
+    return summary
+
+
+def sft_complete(cfg: Config) -> bool:
+    return is_complete(Path(cfg.path(cfg.sft.output_dir)))

@@ -1,0 +1,94 @@
+"""Pieces shared by the SFT and DPO recipes: LoRA config, non-finite guard, resume, final save.
+
+Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir``)::
+
+    adapter_config.json, adapter_model.safetensors   the final adapter (PEFT, safetensors only)
+    tokenizer files, resolved_config.yaml, looper_base_model.json, log_history.json
+    train_summary.json                               written LAST: its presence means "complete"
+    trainer/checkpoint-N/                            intermediate checkpoints (resume)
+
+Intermediate checkpoints are written by transformers' Trainer into a temp name and renamed; the final
+adapter is written into a temp folder and its files renamed into place, summary last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from looper_math.runio import atomic_write_json
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; nothing was saved from that step on."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stop loudly at the first non-finite gradient (checked before the optimizer step, so the weights
+    are still finite) or non-finite logged loss. Cheap for LoRA: only trainable tensors are checked."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteLossError(
+                    f"non-finite gradient in {name} at step {state.global_step + 1}; training stopped, "
+                    f"no adapter saved (last good checkpoint, if any, is kept)")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            v = (logs or {}).get(key)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise NonFiniteLossError(f"non-finite {key}={v} at step {state.global_step}; training stopped, no adapter saved")
+
+
+def peft_lora_config(cfg):
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+                      task_type="CAUSAL_LM", bias="none")
+
+
+def last_checkpoint(trainer_dir: Path) -> str | None:
+    """Newest complete checkpoint-N folder (one with trainer_state.json) or None."""
+    if not trainer_dir.is_dir():
+        return None
+    done = [p for p in trainer_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+def is_complete(out_dir: Path) -> bool:
+    return (Path(out_dir) / "train_summary.json").exists()
+
+
+def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
+    """Write the final adapter: temp folder first, then rename file by file, train_summary.json last."""
+    from looper_math.config import save_resolved
+    from looper_math.modeling import write_base_marker
+
+    out_dir = Path(out_dir)
+    (out_dir / "train_summary.json").unlink(missing_ok=True)
+    tmp = out_dir / ".final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_resolved(cfg, tmp)
+    write_base_marker(tmp, cfg)
+    (tmp / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    for f in tmp.iterdir():
+        if f.is_file():
+            os.replace(f, out_dir / f.name)
+    shutil.rmtree(tmp)
+    atomic_write_json(out_dir / "train_summary.json", summary)
+
+
+def losses(log_history: list[dict]) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in log_history if "loss" in h]
