@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.generation import GenRequest, generate
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.prompts import STOP_STRINGS, build_prompt
-from looper_math.runio import JsonlAppender, atomic_write_json, check_output, read_jsonl
+from looper_math.runio import JsonlAppender, atomic_write_json, check_output, parse_shard, read_jsonl, shard_path, take_shard
 
 EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_strict", "extracted_flexible",
                "correct", "correct_strict", "correct_flexible", "cleaning_status", "num_tokens", "finished", "checkpoint")
@@ -83,12 +83,14 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
 
 
 def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | None = None,
-             resume: bool = False, overwrite: bool = False) -> dict:
-    out = Path(output) if output else default_output(cfg, adapter)
+             resume: bool = False, overwrite: bool = False, shard: str | None = None) -> dict:
+    sh = parse_shard(shard)
+    out = shard_path(Path(output) if output else default_output(cfg, adapter), sh)
     mode = check_output(out, resume=resume, overwrite=overwrite)
     problems = load_split(cfg, cfg.eval.split)
     if cfg.eval.limit:
         problems = problems[: cfg.eval.limit]
+    problems = take_shard(problems, sh)
     tokenizer = load_tokenizer(cfg)
     model, adapter_dir = load_model_with_adapter(cfg, adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)

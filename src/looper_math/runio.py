@@ -191,3 +191,47 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n; None stays None."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: expected i/n, e.g. 0/2") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {spec!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_path(path: Path, shard: tuple[int, int] | None) -> Path:
+    """Each shard writes its own append-only file: out.jsonl -> out.shard-0-of-2.jsonl."""
+    if shard is None:
+        return path
+    return path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}{path.suffix}")
+
+
+def take_shard(items: list, shard: tuple[int, int] | None) -> list:
+    return items if shard is None else items[shard[0]::shard[1]]
+
+
+def merge_shards(output: Path, n: int, key_fields: tuple[str, ...], *, overwrite: bool = False) -> int:
+    """Merge out.shard-i-of-n.jsonl (i < n) into out.jsonl; every key must appear exactly once."""
+    output = Path(output)
+    check_output(output, resume=False, overwrite=overwrite)
+    seen: dict[tuple, str] = {}
+    lines: list[str] = []
+    for i in range(n):
+        part = shard_path(output, (i, n))
+        if not part.exists():
+            raise DataError(f"{part}: shard file missing")
+        for row in read_jsonl(part):
+            key = tuple(row[k] for k in key_fields)
+            if key in seen:
+                raise DataError(f"{part}: key {key} also in {seen[key]}")
+            seen[key] = part.name
+            lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(output, "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)

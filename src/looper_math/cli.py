@@ -1,0 +1,168 @@
+"""The ``looper-math`` command line (typer).
+
+``looper-math sft|rollouts|prefs|dpo|eval|compare|report|run|config [--config FILE] [--set key=value ...]``.
+Without ``--config`` every command uses the embedded default (``configs/demo.yaml``: tiny model,
+built-in problems, CPU). The original project's ``python -m src....`` commands call :func:`alias`, which
+defaults to ``configs/abel7b.yaml``. Errors the user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval.")
+
+CONFIG_DIR = files("looper_math") / "configs"
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded demo config).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. --set sft.learning_rate=1e-4 (repeatable).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an existing output (only missing rows / from the last checkpoint).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from looper_math.config import ConfigError
+    from looper_math.modeling import ModelError
+    from looper_math.runio import DataError, OutputExistsError
+    from looper_math.train_common import NonFiniteLossError
+
+    return (ConfigError, DataError, ModelError, OutputExistsError, NonFiniteLossError, FileNotFoundError, ValueError)
+
+
+def _load(config: Path | None, overrides: list[str] | None):
+    from looper_math.config import load_config
+
+    path = config if config is not None else Path(str(CONFIG_DIR / "demo.yaml"))
+    cfg = load_config(path, overrides)
+    if cfg.smoke:
+        print("SMOKE RUN: tiny random model and built-in problems - this checks the plumbing, not the science.")
+    return cfg
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Phase 1: LoRA SFT on the training split -> sft.output_dir."""
+    from looper_math.sft import train_sft
+
+    _guard(lambda: train_sft(_load(config, set), resume=resume, overwrite=overwrite))
+
+
+@app.command()
+def rollouts(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+             limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
+             shard: Annotated[str | None, typer.Option(help="i/n: this process takes shard i of n (0-based); output gets a .shard-i-of-n suffix.")] = None):
+    """Phase 2: Regime W rollouts (k trajectories per question, scored) -> rollouts.output."""
+    from looper_math.rollouts import collect_rollouts
+
+    def go():
+        cfg = _load(config, set)
+        if limit is not None:
+            cfg.rollouts.limit = limit
+        return collect_rollouts(cfg, resume=resume, overwrite=overwrite, shard=shard)
+
+    _guard(go)
+
+
+@app.command()
+def prefs(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False):
+    """Phase 3: correctness-first preference pairs -> prefs.output."""
+    from looper_math.preferences import run_prefs
+
+    def go():
+        cfg = _load(config, set)
+        return run_prefs(cfg, cfg.path(cfg.rollouts.output), cfg.path(cfg.prefs.output), overwrite=overwrite)
+
+    _guard(go)
+
+
+@app.command()
+def dpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Phase 4: DPO (+NLL) from the SFT adapter on the pairs -> dpo.output_dir."""
+    from looper_math.dpo import train_dpo
+
+    _guard(lambda: train_dpo(_load(config, set), resume=resume, overwrite=overwrite))
+
+
+@app.command("eval")
+def eval_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+             adapter: Annotated[str, typer.Option(help="sft | dpo | none (base model) | path to an adapter folder.")] = "sft",
+             output: Annotated[Path | None, typer.Option(help="Per-example JSONL (default from eval.*_output).")] = None,
+             limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
+             shard: Annotated[str | None, typer.Option(help="i/n: evaluate shard i of n (0-based).")] = None):
+    """Phase 5: greedy evaluation, per-example JSONL + summary JSON."""
+    from looper_math.evaluate import evaluate
+
+    def go():
+        cfg = _load(config, set)
+        if limit is not None:
+            cfg.eval.limit = limit
+        return evaluate(cfg, adapter, output=output, resume=resume, overwrite=overwrite, shard=shard)
+
+    _guard(go)
+
+
+@app.command()
+def compare(a: Path, b: Path, intersect: Annotated[bool, typer.Option(help="Compare only question ids present in both.")] = False):
+    """Paired comparison of two eval JSONL files: accuracies, exact McNemar p-value, flipped ids."""
+    from looper_math.compare import compare as do_compare
+    from looper_math.compare import format_compare
+
+    _guard(lambda: print(format_compare(do_compare(a, b, intersect=intersect))))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (run_dir of the config).")] = Path("runs/demo"),
+           out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/report).")] = None):
+    """One HTML page (+PNGs) summarizing a run."""
+    from looper_math.report import build_report
+
+    _guard(lambda: print(f"report -> {build_report(run_dir, out)}"))
+
+
+@app.command()
+def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
+        rounds: Annotated[int, typer.Option(help="Iterative rounds of rollouts -> pairs -> DPO (each from the newest adapter).")] = 1):
+    """All five phases from one config; phases whose outputs are complete are skipped, partial ones resumed."""
+    from looper_math.pipeline import run_pipeline
+
+    _guard(lambda: run_pipeline(_load(config, set), rounds=rounds, overwrite=overwrite))
+
+
+@app.command("config")
+def config_cmd(config: ConfigOpt = None, set: SetOpt = None,
+               keys: Annotated[bool, typer.Option("--keys", help="List every key with its default and help.")] = False):
+    """Print the resolved config (or every key with its help)."""
+    import yaml
+
+    from looper_math.config import help_table, to_dict
+
+    if keys:
+        for k, d, h in help_table():
+            print(f"{k:45s} {d:25s} {h}")
+        return
+    _guard(lambda: print(yaml.safe_dump(to_dict(_load(config, set)), sort_keys=False)))
+
+
+def alias(command: str, *fixed: str) -> None:
+    """Entry of the original ``python -m src....`` commands: ``looper-math COMMAND`` with abel7b.yaml by default."""
+    argv = list(sys.argv[1:])
+    if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
+        argv = ["--config", str(CONFIG_DIR / "abel7b.yaml"), *argv]
+    app([command, *fixed, *argv], prog_name=f"looper-math {command}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,5 @@
+"""Original project command, kept as a thin alias of `looper-math rollouts` (default config: configs/abel7b.yaml)."""
+from looper_math.cli import alias
+
+if __name__ == "__main__":
+    alias("rollouts")
