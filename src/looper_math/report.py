@@ -32,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 import yaml  # noqa: E402
 
 from looper_math.runio import DataError, atomic_write_text, read_jsonl  # noqa: E402
@@ -104,6 +105,11 @@ def _newest(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 # ---------------------------------------------------------------- sections
 
 
+def _yerr(values: list[float], cis: list[list[float]]) -> list[list[float]]:
+    """matplotlib's asymmetric yerr ([below], [above]) from values and [lo, hi] intervals."""
+    return [[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]]
+
+
 def _phase_rank(label: str) -> tuple[int, str]:
     low = label.lower()
     for i, tag in enumerate(PHASE_ORDER):
@@ -124,32 +130,48 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
         evals.append({**s, "file": f.name, "label": str(s["checkpoint"])})
     evals.sort(key=lambda e: _phase_rank(e["label"] + " " + e["file"]))
 
-    cards = "".join(
-        f'<div class="card"><div class="card-label">{_esc(e["label"])}</div>'
-        f'<div class="card-value">{_pct(e["accuracy_strict"])}</div>'
-        f'<div class="card-sub">95% CI {_pct(e["ci95_strict"][0])} – {_pct(e["ci95_strict"][1])} · n={e["n"]}</div></div>'
-        for e in evals)
+    cards = ""
+    for k, e in enumerate(evals):
+        delta = ""
+        if k:  # unpaired difference to the previous phase; `looper-math compare` gives the paired test
+            d = 100 * (e["accuracy_strict"] - evals[k - 1]["accuracy_strict"])
+            delta = f'<span class="{"up" if d >= 0 else "down"}">{d:+.1f} pts vs {_esc(evals[k - 1]["label"])}</span>'
+        cards += (f'<div class="card"><div class="card-label">{_esc(e["label"])} · strict</div>'
+                  f'<div class="card-value">{_pct(e["accuracy_strict"])} {delta}</div>'
+                  f'<div class="card-sub">95% CI {_pct(e["ci95_strict"][0])} – {_pct(e["ci95_strict"][1])} · '
+                  f'flexible {_pct(e["accuracy_flexible"])} · n={e["n"]}</div></div>')
     headline = f'<div class="cards">{cards}</div>'
 
     _style()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(evals) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.7 * len(evals) + 2), 3.6))
     xs = range(len(evals))
     w = 0.38
     strict = [e["accuracy_strict"] for e in evals]
-    err = [[a - e["ci95_strict"][0] for a, e in zip(strict, evals)], [e["ci95_strict"][1] - a for a, e in zip(strict, evals)]]
-    b1 = ax.bar([x - w / 2 for x in xs], strict, w, yerr=err, capsize=4, color=BLUE, label="strict (95% CI)")
+    b1 = ax.bar([x - w / 2 for x in xs], strict, w, yerr=_yerr(strict, [e["ci95_strict"] for e in evals]),
+                capsize=4, color=BLUE, label="strict")
     flex = [e["accuracy_flexible"] for e in evals]
     flex_err = None
     if all("ci95_flexible" in e for e in evals):
-        flex_err = [[a - e["ci95_flexible"][0] for a, e in zip(flex, evals)], [e["ci95_flexible"][1] - a for a, e in zip(flex, evals)]]
+        flex_err = _yerr(flex, [e["ci95_flexible"] for e in evals])
     b2 = ax.bar([x + w / 2 for x in xs], flex, w, yerr=flex_err, capsize=4, color=ORANGE, label="flexible")
-    for bars in (b1, b2):
-        ax.bar_label(bars, labels=[f"{100 * b.get_height():.1f}" for b in bars], padding=2, fontsize=8)
+    top = max([e["ci95_strict"][1] for e in evals] + flex + [0.0])
+    strict_hi = [e["ci95_strict"][1] for e in evals]
+    flex_hi = [e["ci95_flexible"][1] for e in evals] if flex_err else flex
+    # Labels inside the bars (above them they would collide with the CI caps); a bar too short to hold
+    # its label gets it above its CI instead.
+    for bars, his in ((b1, strict_hi), (b2, flex_hi)):
+        for bar, hi in zip(bars, his):
+            v = bar.get_height()
+            inside = v >= 0.12 * max(top, 0.05)
+            ax.annotate(f"{100 * v:.1f}", (bar.get_x() + bar.get_width() / 2, v / 2 if inside else hi),
+                        xytext=(0, 0 if inside else 3), textcoords="offset points", ha="center",
+                        va="center" if inside else "bottom", fontsize=9, fontweight="bold",
+                        color="white" if inside else "#1f2430")
     ax.set_xticks(list(xs), [e["label"] for e in evals])
-    ax.set_ylim(0, min(1.0, max(strict + flex) * 1.25 + 0.05))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_ylim(0, min(1.0, top * 1.2 + 0.05))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy by phase")
+    ax.set_title("Accuracy by phase (error bars: 95% Wilson CI)")
     ax.legend(loc="upper left")
     chart = _save(fig, out_dir, "accuracy_by_phase.png")
 
@@ -170,7 +192,7 @@ def _rollouts_section(path: Path, out_dir: Path, others: list[Path]) -> str:
     by_arm: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_arm[r["arm"]].append(r)
-    arms = sorted(by_arm)
+    arms = list(by_arm)  # first appearance = the config's arm order
     stats = []
     for arm in arms:
         rs = by_arm[arm]
@@ -199,6 +221,7 @@ def _rollouts_section(path: Path, out_dir: Path, others: list[Path]) -> str:
     ax2.barh(ys, [s["pulls"] for s in stats], 0.6, color=GREY)
     ax2.bar_label(ax2.containers[0], padding=3, fontsize=8)
     ax2.set_title("Pulls by arm")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlim(0, max(s["pulls"] for s in stats) * 1.15)
     arm_chart = _save(fig, out_dir, "arms.png")
 
@@ -235,7 +258,7 @@ def _pairs_section(path: Path, others: list[Path]) -> str:
     pairs = list(read_jsonl(path))
     for i, p in enumerate(pairs, start=1):
         _require(p, PAIR_KEYS, f"{path}: row {i}")
-    types = sorted({p["pair_type"] for p in pairs})
+    types = sorted({p["pair_type"] for p in pairs}, key=lambda t: (t != "correctness", t))
     rows = []
     for t in types:
         ps = [p for p in pairs if p["pair_type"] == t]
@@ -253,7 +276,7 @@ def _pairs_section(path: Path, others: list[Path]) -> str:
 
 
 def _training_section(run_dir: Path, out_dir: Path) -> tuple[str, list[str]]:
-    logs = sorted((run_dir / "checkpoints").glob("*/log_history.json"))
+    logs = sorted((run_dir / "checkpoints").glob("*/log_history.json"), key=lambda f: _phase_rank(f.parent.name))
     if not logs:
         return "", ["No trainer logs (checkpoints/*/log_history.json) yet."]
     curves = []
@@ -270,12 +293,15 @@ def _training_section(run_dir: Path, out_dir: Path) -> tuple[str, list[str]]:
     fig, axes = plt.subplots(1, len(curves), figsize=(min(12, 5.2 * len(curves)), 3.3), squeeze=False)
     colours = [BLUE, ORANGE, GREEN, RED, GREY]
     for k, (ax, (name, pts)) in enumerate(zip(axes[0], curves)):
-        ax.plot([s for s, _ in pts], [l for _, l in pts], color=colours[k % len(colours)], lw=1.8, marker="o" if len(pts) < 30 else None, ms=3)
+        ax.plot([s for s, _ in pts], [v for _, v in pts], color=colours[k % len(colours)], lw=1.8,
+                marker="o" if len(pts) < 30 else None, ms=3)
         ax.set_title(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
     chart = _save(fig, out_dir, "loss_curves.png")
-    rows = [[_esc(name), str(len(pts)), _num(pts[0][1], 4), _num(pts[-1][1], 4), str(pts[-1][0])] for name, pts in curves]
+    rows = [[_esc(name), str(len(pts)), _num(pts[0][1], 4), _num(pts[-1][1], 4), str(pts[-1][0])]
+            for name, pts in curves]
     table = _table(["checkpoint", "logged steps", "first loss", "last loss", "last step"], rows, "num")
     return f"<section><h2>Training</h2>{_img(chart, 'loss curves')}{table}</section>", []
 
@@ -306,6 +332,8 @@ header .sub { color: var(--muted); font-size: 13px; }
 .card-label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .06em; }
 .card-value { font-size: 30px; font-weight: 700; color: var(--accent); line-height: 1.2; }
 .card-sub { color: var(--muted); font-size: 12px; }
+.card-value .up, .card-value .down { font-size: 13px; font-weight: 600; vertical-align: middle; margin-left: 6px; }
+.up { color: #2f7d4f; } .down { color: #b2412c; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 22px;
           margin-top: 22px; box-shadow: 0 1px 2px rgba(0,0,0,.04); }
 h2 { margin: 0 0 10px; font-size: 19px; }
