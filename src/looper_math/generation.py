@@ -310,8 +310,290 @@ def _generate_hf(model, tokenizer, requests, *, max_new_tokens, batch_size, stop
     return results  # type: ignore[return-value]
 
 
-def _generate_fast(model, tokenizer, requests, **kwargs) -> list[GenResult]:
-    raise NotImplementedError("engine='fast' is being built; use engine='hf'")
+# ----------------------------------------------------------------------------------------------------
+# Fast engine: slot-based continuous batching over a static KV cache, decode step in one CUDA graph
+
+FAST_SUPPORTED = ("llama", "mistral", "qwen2")
+FAST_MAX_SLOTS = 256  # sequences decoded together on CUDA (bench/bench_decode.py --slots sweeps it)
+FAST_CHECK_EVERY = 16  # decode steps between host syncs (finished rows, stop strings, refills)
+FAST_PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward
+FAST_ATTN = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
+FAST_COMPILE = False  # torch.compile the decode step before graph capture (bench measures both)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def _attend_sdpa(q, K, V, mask, scale):
+    """q [B, Hkv, G, D] (the G query heads sharing a KV head folded into the query axis, so K/V are
+    read once and never repeated); K/V [B, Hkv, L, D]; mask [B, 1, 1, L] bool."""
+    return torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=scale)
+
+
+def _attend_bmm(q, K, V, mask, scale):
+    scores = torch.matmul(q, K.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1).to(V.dtype), V)
+
+
+class FastDecoder:
+    """``slots`` sequences decoding together over a static per-slot KV cache.
+
+    Unlike transformers' StaticCache, each slot has its own write position, so a finished slot is
+    refilled with the next request while the others keep decoding (continuous batching), and the
+    prompt sits at positions [0, n) of its slot with no padding inside the cache. Prefill is the
+    model's own forward (right padded, so causal attention needs no mask; identical prompts are
+    prefilled once and copied to every slot that asks for them, e.g. the k samples of a question);
+    its K/V are copied into the slots. The decode step re-implements the Llama/Mistral/Qwen2 layer
+    loop around the model's own modules (norms, projections, MLP, rotary; LoRA layers included),
+    replacing only attention: one query token per slot against its cache with a per-slot length
+    mask, grouped-query heads folded so K/V are read once. Sampling (the same ``sample_rows`` as the
+    hf engine, with per-request seeded uniforms), EOS/min/max bookkeeping all run on device inside
+    the step, so on CUDA the whole step is captured once as a CUDA graph and replayed.
+    """
+
+    def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
+                 eos: list[int], pad: int, sampled: bool, attn: str = FAST_ATTN, compile: bool = FAST_COMPILE):
+        from peft import PeftModel
+
+        causal = model.get_base_model() if isinstance(model, PeftModel) else model
+        config = causal.config
+        if config.model_type not in FAST_SUPPORTED:
+            raise ValueError(f"engine='fast' supports {FAST_SUPPORTED}, not {config.model_type!r}; use engine='hf'")
+        window = getattr(config, "sliding_window", None)  # absent on Llama configs
+        if window is not None and getattr(config, "use_sliding_window", True) and cache_len > window:
+            raise ValueError(f"cache length {cache_len} exceeds the sliding window {window}; use engine='hf'")
+        import importlib
+
+        self.rope = importlib.import_module(type(causal).__module__).apply_rotary_pos_emb
+        self.decoder = causal.model
+        self.lm_head = causal.get_output_embeddings()
+        self.device = causal.device
+        dtype = self.decoder.embed_tokens.weight.dtype
+        first = self.decoder.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.kv_heads = config.num_key_value_heads
+        self.groups = first.num_key_value_groups
+        self.attend = {"sdpa": _attend_sdpa, "bmm": _attend_bmm}[attn]
+        B, L, dev = slots, cache_len, self.device
+        self.slots, self.cache_len = B, L
+        self.max_new, self.min_new, self.sampled = max_new_tokens, min_new_tokens, sampled
+        self.K = [torch.zeros(B, self.kv_heads, L, self.head_dim, dtype=dtype, device=dev) for _ in self.decoder.layers]
+        self.V = [torch.zeros_like(k) for k in self.K]
+        self.eos = torch.tensor(eos, device=dev)
+        self.eos_cols = torch.zeros(self.lm_head.weight.shape[0], dtype=torch.bool, device=dev)
+        self.eos_cols[self.eos] = True
+        self.pad = pad
+        self.cols = torch.arange(L, device=dev)
+        # per-slot state, updated in place (fixed addresses for the CUDA graph)
+        self.tokens = torch.full((B,), pad, dtype=torch.long, device=dev)  # last token, not yet in cache
+        self.pos = torch.zeros(B, dtype=torch.long, device=dev)  # where that token's K/V go
+        self.count = torch.zeros(B, dtype=torch.long, device=dev)  # tokens generated so far
+        self.active = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=dev)
+        self.uniforms = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
+        self.temperature = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.top_p = torch.ones(B, dtype=torch.float32, device=dev)
+        self.greedy = torch.ones(B, dtype=torch.bool, device=dev)
+        self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        self.graph = None
+
+    # -- decode -------------------------------------------------------------------------------------
+    def _logits(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        B, Hkv, G, D = self.slots, self.kv_heads, self.groups, self.head_dim
+        h = self.decoder.embed_tokens(tokens[:, None])
+        cos, sin = self.decoder.rotary_emb(h, pos[:, None])
+        mask = (self.cols[None, :] <= pos[:, None])[:, None, None, :]
+        write = pos.view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+        for layer, K, V in zip(self.decoder.layers, self.K, self.V):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(B, 1, Hkv * G, D).transpose(1, 2)
+            k = a.k_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+            v = a.v_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
+            K.scatter_(2, write, k)
+            V.scatter_(2, write, v)
+            o = self.attend(q.reshape(B, Hkv, G, D), K, V, mask, a.scaling)
+            h = h + a.o_proj(o.reshape(B, 1, Hkv * G * D))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.lm_head(self.decoder.norm(h)[:, 0]).float()
+
+    def _choose(self, logits: torch.Tensor, count: torch.Tensor, rows_greedy, rows_t, rows_p, rows_u):
+        if self.min_new > 0:
+            logits = logits.masked_fill((count < self.min_new)[:, None] & self.eos_cols[None, :], float("-inf"))
+        u = rows_u.gather(1, count.clamp(max=self.max_new - 1)[:, None]).squeeze(1)
+        if self.sampled:
+            return sample_rows(logits, u, rows_t, rows_p, rows_greedy)
+        return logits.argmax(-1)
+
+    def _step(self) -> None:
+        logits = self._logits(self.tokens, self.pos)
+        nxt = self._choose(logits, self.count, self.greedy, self.temperature, self.top_p, self.uniforms)
+        act = self.active
+        col = self.count.clamp(max=self.max_new - 1)[:, None]
+        self.out.scatter_(1, col, torch.where(act, nxt, self.out.gather(1, col)[:, 0])[:, None])
+        eos_now = torch.isin(nxt, self.eos) & act
+        self.hit_eos |= eos_now
+        self.count += act
+        self.pos += act
+        self.active &= ~eos_now & (self.count < self.max_new)
+        self.tokens.copy_(torch.where(act, nxt, self.tokens))
+
+    def capture(self) -> None:
+        """Warm up and capture one decode step as a CUDA graph. Call while every slot is inactive
+        (warm-up steps only touch position 0 of free slots, which a prefill overwrites)."""
+        if self.device.type != "cuda":
+            return
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step_fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step_fn()
+
+    def step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step_fn()
+
+    # -- prefill ------------------------------------------------------------------------------------
+    def prefill(self, slots: list[int], prompts: list[list[int]], reqs: list[GenRequest]) -> None:
+        """Put requests into free slots: prompt K/V into the cache, first token sampled."""
+        unique: dict[tuple[int, ...], int] = {}
+        src = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        uniq = list(unique)
+        dev = self.device
+        slot_t = torch.tensor(slots, device=dev)
+        src_t = torch.tensor(src, device=dev)
+        logits_u = []
+        width = max(len(p) for p in uniq)
+        rows_per_chunk = max(1, FAST_PREFILL_TOKENS // width)
+        for c0 in range(0, len(uniq), rows_per_chunk):
+            chunk = uniq[c0 : c0 + rows_per_chunk]
+            w = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), w), self.pad, dtype=torch.long)
+            for i, p in enumerate(chunk):
+                ids[i, : len(p)] = torch.tensor(p)
+            # right padding: causal attention keeps real tokens from seeing the pads after them
+            out = self.decoder(input_ids=ids.to(dev), use_cache=True)
+            last = torch.tensor([len(p) - 1 for p in chunk], device=dev)
+            hidden = out.last_hidden_state[torch.arange(len(chunk), device=dev), last]
+            logits_u.append(self.lm_head(hidden).float())
+            in_chunk = (src_t >= c0) & (src_t < c0 + len(chunk))
+            dst, local = slot_t[in_chunk], src_t[in_chunk] - c0
+            for layer_cache, K, V in zip(out.past_key_values.layers, self.K, self.V):
+                K[dst, :, :w] = layer_cache.keys[local]
+                V[dst, :, :w] = layer_cache.values[local]
+            del out
+        logits = torch.cat(logits_u)[src_t]
+        n = len(slots)
+        self.uniforms[slot_t] = draw_uniforms(reqs, self.max_new).to(dev)
+        self.temperature[slot_t] = torch.tensor([float(r.temperature) for r in reqs], device=dev)
+        self.top_p[slot_t] = torch.tensor([float(r.top_p) for r in reqs], device=dev)
+        self.greedy[slot_t] = self.temperature[slot_t] <= 0
+        zero = torch.zeros(n, dtype=torch.long, device=dev)
+        tok0 = self._choose(logits, zero, self.greedy[slot_t], self.temperature[slot_t], self.top_p[slot_t],
+                            self.uniforms[slot_t])
+        eos0 = torch.isin(tok0, self.eos)
+        self.tokens[slot_t] = tok0
+        self.out[slot_t] = self.pad
+        self.out[slot_t, 0] = tok0
+        self.count[slot_t] = 1
+        self.pos[slot_t] = torch.tensor([len(p) for p in prompts], device=dev)
+        self.hit_eos[slot_t] = eos0
+        self.active[slot_t] = ~eos0 & (self.max_new > 1)
+
+
+def _fast_slots(model, batch_size: int, cache_len: int, n_requests: int) -> int:
+    """Slots: at least batch_size; on CUDA up to FAST_MAX_SLOTS if the KV cache fits in half the
+    free memory (large batches are what make decode efficient)."""
+    slots = batch_size
+    if model.device.type == "cuda":
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * cache_len * model.dtype.itemsize
+        per_slot += 16 * cfg.vocab_size  # float logits + sort buffers
+        free, _ = torch.cuda.mem_get_info(model.device)
+        slots = max(slots, min(FAST_MAX_SLOTS, int(0.5 * free // per_slot)))
+    return max(1, min(slots, n_requests))
+
+
+@torch.no_grad()
+def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, stop_strings, progress,
+                   min_new_tokens, desc, slots: int | None = None, attn: str = FAST_ATTN,
+                   compile: bool = FAST_COMPILE, check_every: int = FAST_CHECK_EVERY) -> list[GenResult]:
+    eos = eos_ids(model, tokenizer)
+    pad = pad_id(tokenizer, eos)
+    ids = encode_prompts(tokenizer, [r.prompt for r in requests])
+    # one cache length per call (one graph); multiple of 64 keeps attention kernels aligned
+    cache_len = _round_up(max(len(x) for x in ids) + max_new_tokens, 64)
+    n_slots = slots or _fast_slots(model, batch_size, cache_len, len(requests))
+    dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
+                      min_new_tokens=min_new_tokens, eos=eos, pad=pad,
+                      sampled=any(r.temperature > 0 for r in requests), attn=attn, compile=compile)
+    dec.capture()
+    # longest first, identical prompts adjacent so a refill prefills them once
+    queue = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
+    owner: list[int | None] = [None] * n_slots  # request index per slot
+    checked = [0] * n_slots  # tokens already scanned for stop strings
+    results: list[GenResult | None] = [None] * len(requests)
+    bar = _Progress(progress, len(requests), desc)
+
+    def refill() -> None:
+        free = [s for s in range(n_slots) if owner[s] is None][: len(queue)]
+        if not free:
+            return
+        taken = [queue.pop() for _ in free]
+        for s, i in zip(free, taken):
+            owner[s], checked[s] = i, 0
+        dec.prefill(free, [ids[i] for i in taken], [requests[i] for i in taken])
+
+    def finalize(s: int, toks: list[int], hit_eos: bool) -> None:
+        n, stopped = len(toks), False
+        if stop_strings and cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]:
+            # the first token whose text completes a stop string, as StopStringCriteria stops there
+            n = next(k for k in range(max(checked[s], 1), len(toks) + 1)
+                     if cut_at_stop(tokenizer.decode(toks[:k], skip_special_tokens=True), stop_strings)[1])
+            stopped = True
+        text, _ = cut_at_stop(tokenizer.decode(toks[:n], skip_special_tokens=True), stop_strings)
+        finished = stopped or (hit_eos and n == len(toks))
+        results[owner[s]] = GenResult(text=text, num_tokens=n, finished=finished)
+        bar.update(1, n)
+        owner[s] = None
+
+    try:
+        refill()
+        while any(o is not None for o in owner):
+            for _ in range(check_every):
+                dec.step()
+            active, count = dec.active.tolist(), dec.count.tolist()
+            hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
+            done_by_stop = []
+            for s in range(n_slots):
+                if owner[s] is None:
+                    continue
+                toks = out[s, : count[s]].tolist()
+                if not active[s]:
+                    finalize(s, toks, hit_eos[s])
+                elif stop_strings:
+                    if cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]:
+                        finalize(s, toks, False)
+                        done_by_stop.append(s)
+                    else:
+                        checked[s] = len(toks)
+            if done_by_stop:
+                dec.active[torch.tensor(done_by_stop, device=dec.device)] = False
+            refill()
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
 
 
 def throughput_stats(results: list[GenResult], seconds: float) -> dict:
