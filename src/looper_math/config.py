@@ -125,6 +125,7 @@ class PrefsConfig:
 @dataclass
 class DPOConfig:
     output_dir: str = _f("checkpoints/abel_coherence_lora", "Where the DPO adapter goes (relative to run_dir).")
+    init_adapter: str = _f("sft", "Adapter DPO starts from and uses (frozen) as reference: sft | dpo | a path.")
     beta: float = _f(0.1, "DPO beta.")
     nll_weight: float = _f(1.0, "Weight of the NLL term on chosen (Iterative RPO); 0 = plain DPO.")
     learning_rate: float = _f(1e-5, "Learning rate.")

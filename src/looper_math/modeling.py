@@ -75,6 +75,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
                          bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
                          tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
+    _pretrain_tiny(model, hf_tok, seed)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     hf_tok.save_pretrained(tmp)
@@ -82,6 +83,30 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
 
     replace_dir(tmp, out_dir)
     return out_dir
+
+
+def _pretrain_tiny(model, tokenizer, seed: int, steps: int = 200) -> None:
+    """A few hundred causal-LM steps on built-in problems (Abel prompt format), so the smoke model writes
+    problem-shaped text and the later phases see a mix of right and wrong answers. transformers Trainer."""
+    import datasets
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from looper_math.data import builtin_problems
+    from looper_math.prompts import ABEL_TEMPLATE, sft_target
+
+    texts = [ABEL_TEMPLATE.format(question=p.question) + sft_target(p.answer) + tokenizer.eos_token
+             for p in builtin_problems(3000, seed=seed + 99, split="pretrain")]
+    ds = datasets.Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"], truncation=True, max_length=256),
+                                                         batched=True, remove_columns=["text"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3,
+                                 lr_scheduler_type="cosine", warmup_steps=20, logging_steps=100, save_strategy="no",
+                                 report_to="none", use_cpu=True, seed=seed, disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=ds,
+                data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False)).train()
+    model.eval()
 
 
 def load_tokenizer(cfg):

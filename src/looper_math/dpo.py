@@ -1,0 +1,119 @@
+"""Phase 4 — DPO (+ NLL on chosen, Iterative RPO) from the SFT adapter on the preference pairs.
+
+Command: ``looper-math dpo`` (alias: ``python -m src.rl_training.train_dpo_coherence``).
+Writes the adapter to ``dpo.output_dir`` (layout in train_common).
+
+- TRL ``DPOTrainer`` with the SFT adapter loaded trainable and no ``ref_model``: TRL copies the adapter
+  into a frozen "ref" adapter, so the reference is the SFT policy (not the base model) and the first
+  loss is ln 2 when the NLL weight is 0 (tested).
+- ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, dpo.nll_weight]`` is DPO + NLL on the chosen
+  answer (Pang et al. 2024, "Iterative Reasoning Preference Optimization"); nll_weight 0 = plain DPO.
+- Pairs whose prompt + completion exceed ``dpo.max_length`` are dropped, not truncated (truncation
+  would cut the final answer line that the preference is about).
+- The pairs file is validated first: a missing field or chosen == rejected fails with file:line.
+- ``dpo.init_adapter`` (default: the SFT adapter) lets iterative rounds continue from the newest adapter.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from looper_math.config import Config, save_resolved
+from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
+from looper_math.runio import DataError, check_output, read_jsonl
+from looper_math.train_common import NonFiniteGuard, is_complete, last_checkpoint, losses, save_final
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def load_pairs(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataError(f"{path}: preference pairs not found (run `looper-math prefs` first)")
+    pairs = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        for f in PAIR_FIELDS:
+            if not isinstance(row.get(f), str) or not row[f]:
+                raise DataError(f"{path}:{i}: field '{f}' missing or not a non-empty string")
+        if row["chosen"] == row["rejected"]:
+            raise DataError(f"{path}:{i}: chosen == rejected")
+        pairs.append({f: row[f] for f in PAIR_FIELDS})
+    if not pairs:
+        raise DataError(f"{path}: no preference pairs (nothing to train on)")
+    return pairs
+
+
+def build_dataset(cfg: Config, tokenizer, pairs: list[dict]):
+    import datasets
+
+    end = chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else None
+    kept, dropped = [], 0
+    for p in pairs:
+        if end:  # chat models end a turn with their end-of-turn token, not the tokenizer's EOS
+            p = {**p, "chosen": p["chosen"] if p["chosen"].endswith(end) else p["chosen"] + end,
+                 "rejected": p["rejected"] if p["rejected"].endswith(end) else p["rejected"] + end}
+        longest = max(len(tokenizer(p["prompt"] + p[k]).input_ids) for k in ("chosen", "rejected")) + 1
+        if longest > cfg.dpo.max_length:
+            dropped += 1
+            continue
+        kept.append(p)
+    if not kept:
+        raise DataError(f"dpo: no pair fits dpo.max_length={cfg.dpo.max_length}")
+    return datasets.Dataset.from_list(kept), dropped
+
+
+def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pairs_path: Path | None = None,
+              init_adapter: str | None = None) -> dict:
+    from trl import DPOConfig, DPOTrainer
+
+    out_dir = cfg.path(cfg.dpo.output_dir)
+    pairs_path = pairs_path or cfg.path(cfg.prefs.output)
+    init_adapter = init_adapter or cfg.dpo.init_adapter
+    pairs = load_pairs(pairs_path)  # validate before touching the output
+    mode = check_output(out_dir, resume=resume, overwrite=overwrite)
+    if mode == "resume" and is_complete(out_dir):
+        print(f"dpo: {out_dir} is complete; nothing to do")
+        return {"skipped": True, "output_dir": str(out_dir)}
+    device = resolve_device(cfg)
+    tokenizer = load_tokenizer(cfg)
+    train_ds, dropped = build_dataset(cfg, tokenizer, pairs)
+    model, init_dir = load_model_with_adapter(cfg, init_adapter, device, trainable=True)
+    if init_dir is None:
+        raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")
+    model.config.use_cache = False
+    save_resolved(cfg, out_dir)
+    d = cfg.dpo
+    bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"
+    args = DPOConfig(
+        output_dir=str(out_dir / "trainer"), beta=d.beta,
+        loss_type=["sigmoid", "sft"] if d.nll_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, d.nll_weight] if d.nll_weight > 0 else None,
+        learning_rate=d.learning_rate, lr_scheduler_type=d.lr_scheduler, warmup_steps=d.warmup_ratio,
+        num_train_epochs=d.epochs, max_steps=d.max_steps, per_device_train_batch_size=d.batch_size,
+        gradient_accumulation_steps=d.grad_accum, max_length=d.max_length, max_grad_norm=d.max_grad_norm,
+        gradient_checkpointing=d.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
+        seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard()])
+    ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
+    if ckpt:
+        print(f"dpo: resuming from {ckpt}")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.time() - t0
+    # Save only the trained "default" adapter; the frozen "ref" copy is an implementation detail of TRL.
+    if "ref" in trainer.model.peft_config:
+        trainer.model.delete_adapter("ref")
+    hist = trainer.state.log_history
+    summary = {
+        "phase": "dpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
+        "pairs": len(train_ds), "dropped_too_long": dropped, "steps": trainer.state.global_step,
+        "train_loss": result.training_loss, "losses": losses(hist), "seconds": round(seconds, 2),
+        "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / seconds, 2) if d.max_steps < 0 else
+        round(trainer.state.global_step * d.batch_size * d.grad_accum / seconds, 2),
+        "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
+    }
+    save_final(trainer, tokenizer, out_dir, cfg, summary)
+    print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {result.training_loss:.4f}, adapter -> {out_dir}")
+    return summary
