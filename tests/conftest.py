@@ -1,0 +1,46 @@
+"""Shared fixtures: one tiny model per test session, and configs pointing at a temp run dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gsm8k_dir() -> Path | None:
+    d = Path(os.environ.get("LOOPER_GSM8K_DIR", REPO.parent / "shared" / "data" / "gsm8k"))
+    return d if (d / "train.jsonl").exists() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Build the tiny smoke model once per session (it is briefly pretrained, ~1 min on 2 cores)."""
+    from looper_math.modeling import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny_model")
+
+
+def smoke_overrides(run_dir: Path) -> list[str]:
+    """Small settings so every phase runs in seconds on the tiny model."""
+    return [
+        f"run_dir={run_dir}", "sft.max_steps=8", "sft.save_steps=4", "sft.logging_steps=1",
+        "rollouts.limit=12", "rollouts.questions_per_round=6", "rollouts.max_new_tokens=48",
+        "eval.limit=8", "eval.max_new_tokens=48", "dpo.max_steps=2", "dpo.save_steps=1", "dpo.logging_steps=1",
+    ]
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path, tiny_model_dir):
+    """Demo config in a fresh run dir with the session's tiny model copied in."""
+    from looper_math.config import load_config
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny_model")
+
+    def make(*extra: str):
+        return load_config(REPO / "configs" / "demo.yaml", smoke_overrides(tmp_path) + list(extra))
+
+    return make
