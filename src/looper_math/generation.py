@@ -435,7 +435,7 @@ class FastDecoder:
         act = self.active
         col = self.count.clamp(max=self.max_new - 1)[:, None]
         self.out.scatter_(1, col, torch.where(act, nxt, self.out.gather(1, col)[:, 0])[:, None])
-        eos_now = torch.isin(nxt, self.eos) & act
+        eos_now = (nxt[:, None] == self.eos[None, :]).any(-1) & act
         self.hit_eos |= eos_now
         self.count += act
         self.pos += act
@@ -501,7 +501,7 @@ class FastDecoder:
         zero = torch.zeros(n, dtype=torch.long, device=dev)
         tok0 = self._choose(logits, zero, self.greedy[slot_t], self.temperature[slot_t], self.top_p[slot_t],
                             self.uniforms[slot_t])
-        eos0 = torch.isin(tok0, self.eos)
+        eos0 = (tok0[:, None] == self.eos[None, :]).any(-1)
         self.tokens[slot_t] = tok0
         self.out[slot_t] = self.pad
         self.out[slot_t, 0] = tok0
@@ -545,6 +545,12 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
     checked = [0] * n_slots  # tokens already scanned for stop strings
     results: list[GenResult | None] = [None] * len(requests)
     bar = _Progress(progress, len(requests), desc)
+    # tokens re-decoded before the unchecked ones: covers a stop string straddling two checks
+    # (byte-fallback tokenizers may spend up to 4 tokens on one character)
+    margin = 4 * max((len(x) for x in stop_strings or []), default=0) + 4
+
+    def has_stop(toks: list[int]) -> bool:
+        return cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]
 
     def refill() -> None:
         free = [s for s in range(n_slots) if owner[s] is None][: len(queue)]
@@ -557,10 +563,9 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
 
     def finalize(s: int, toks: list[int], hit_eos: bool) -> None:
         n, stopped = len(toks), False
-        if stop_strings and cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]:
+        if stop_strings and has_stop(toks):
             # the first token whose text completes a stop string, as StopStringCriteria stops there
-            n = next(k for k in range(max(checked[s], 1), len(toks) + 1)
-                     if cut_at_stop(tokenizer.decode(toks[:k], skip_special_tokens=True), stop_strings)[1])
+            n = next(k for k in range(max(checked[s], 1), len(toks) + 1) if has_stop(toks[:k]))
             stopped = True
         text, _ = cut_at_stop(tokenizer.decode(toks[:n], skip_special_tokens=True), stop_strings)
         finished = stopped or (hit_eos and n == len(toks))
@@ -568,29 +573,38 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
         bar.update(1, n)
         owner[s] = None
 
+    def process() -> bool:
+        """Finalize finished slots (EOS, max tokens, stop string); True if any slot was freed."""
+        active, count = dec.active.tolist(), dec.count.tolist()
+        hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
+        freed, by_stop = False, []
+        for s in range(n_slots):
+            if owner[s] is None:
+                continue
+            toks = out[s, : count[s]].tolist()
+            if not active[s]:
+                finalize(s, toks, hit_eos[s])
+                freed = True
+            elif stop_strings:
+                if has_stop(toks[max(0, checked[s] - margin) :]):
+                    finalize(s, toks, False)
+                    by_stop.append(s)
+                else:
+                    checked[s] = len(toks)
+        if by_stop:
+            dec.active[torch.tensor(by_stop, device=dec.device)] = False
+        return freed or bool(by_stop)
+
     try:
         refill()
-        while any(o is not None for o in owner):
+        while True:
+            if process() and queue:
+                refill()
+                continue
+            if all(o is None for o in owner):
+                break
             for _ in range(check_every):
                 dec.step()
-            active, count = dec.active.tolist(), dec.count.tolist()
-            hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
-            done_by_stop = []
-            for s in range(n_slots):
-                if owner[s] is None:
-                    continue
-                toks = out[s, : count[s]].tolist()
-                if not active[s]:
-                    finalize(s, toks, hit_eos[s])
-                elif stop_strings:
-                    if cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]:
-                        finalize(s, toks, False)
-                        done_by_stop.append(s)
-                    else:
-                        checked[s] = len(toks)
-            if done_by_stop:
-                dec.active[torch.tensor(done_by_stop, device=dec.device)] = False
-            refill()
     finally:
         bar.close()
     return results  # type: ignore[return-value]
