@@ -22,7 +22,7 @@ from pathlib import Path
 from looper_math.config import Config, save_resolved
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
-from looper_math.train_common import NonFiniteGuard, is_complete, last_checkpoint, losses, save_final
+from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -77,6 +77,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     device = resolve_device(cfg)
     tokenizer = load_tokenizer(cfg)
     train_ds, dropped = build_dataset(cfg, tokenizer, pairs)
+    configure_cuda_training()
     model, init_dir = load_model_with_adapter(cfg, init_adapter, device, trainable=True)
     if init_dir is None:
         raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")

@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output
-from looper_math.train_common import NonFiniteGuard, is_complete, last_checkpoint, losses, peft_lora_config, save_final
+from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -64,6 +64,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     dtype = resolve_dtype(cfg, device)
     tokenizer = load_tokenizer(cfg)
     train_ds, dropped = build_dataset(cfg, tokenizer)
+    configure_cuda_training()
     model = load_model(cfg, device, dtype)
     model.config.use_cache = False
     save_resolved(cfg, out_dir)

@@ -47,6 +47,19 @@ class NonFiniteGuard(TrainerCallback):
                 raise NonFiniteLossError(f"non-finite {key}={v} at step {state.global_step}; training stopped, no adapter saved")
 
 
+def configure_cuda_training() -> None:
+    """Disable PyTorch's cuDNN SDPA backend for training.
+
+    Its backward pass returns NaN query gradients when an attention mask is passed (any padded batch),
+    the padded length L has L % 128 == 64, and a row's attention logsumexp is below about -88.7
+    (pytorch/pytorch#196678; huggingface/trl#7181). Qwen2.5-0.5B's large-activation heads reach -386,
+    so LoRA SFT diverged to NaN at the first batch padded to 192/320/448 tokens (torch 2.11, H100).
+    SDPA then uses the flash / memory-efficient kernels, which are correct.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def peft_lora_config(cfg):
     from peft import LoraConfig
 
