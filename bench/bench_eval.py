@@ -1,0 +1,63 @@
+"""Evaluation of 1,209 questions (GSM8K-Platinum size) on the Abel-7B-002 shape: wall time.
+
+    python bench/bench_eval.py [--quick] [--out DIR]    # GPU, random bf16 weights
+    python bench/bench_eval.py --tiny                   # CPU smoke test
+
+Greedy, prompts of 120-260 tokens (the Abel prompt around a GSM8K question), every answer forced to
+300 tokens (min_new_tokens = max_new_tokens): the worst case of an evaluation run. Figures:
+- ``fast``: ``generate(engine="fast")`` with its defaults (slots sized from free memory), wall time
+  for all questions including prefill and CUDA-graph capture;
+- ``hf_batch``: the plain batched path (``engine="hf"``, batch 64) on the first 64 questions,
+  measured in the same run; ``hf_estimated_s`` scales it to all questions (batches x batch time),
+  clearly an extrapolation -- a full plain run would take ~10 minutes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from common import Reporter, Timer, build_model, device_info, parser, peak_gib, random_prompt, reset_peak, word_tokenizer
+
+from looper_math.generation import GenRequest, generate, throughput_stats
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--questions", type=int, default=1209)
+    p.add_argument("--new", type=int, default=300)
+    p.add_argument("--hf-batch", type=int, default=64)
+    args = p.parse_args()
+    report = Reporter("eval", args.out)
+    n_q = 24 if args.tiny else args.questions
+    new = 16 if args.tiny else args.new
+    hf_batch = 8 if args.tiny else args.hf_batch
+    lo, hi = (8, 20) if args.tiny else (120, 260)
+
+    model = build_model(args.tiny)
+    tok = word_tokenizer(model.config.vocab_size)
+    rng = np.random.default_rng(0)
+    reqs = [GenRequest(random_prompt(rng, int(rng.integers(lo, hi + 1)), model.config.vocab_size)) for _ in range(n_q)]
+    report("setup", **device_info(), questions=n_q, new_tokens=new, prompt_tokens=f"{lo}-{hi}")
+
+    generate(model, tok, reqs[:4], max_new_tokens=4, engine="fast", progress=False)  # CUDA/cuBLAS init
+    reset_peak()
+    with Timer() as t:
+        res = generate(model, tok, reqs, max_new_tokens=new, min_new_tokens=new, engine="fast", batch_size=64,
+                       progress=not args.tiny, desc="eval fast")
+    assert all(r.num_tokens == new for r in res)
+    fast = report("fast", **throughput_stats(res, t.seconds), peak_gib=peak_gib())
+
+    reset_peak()
+    with Timer() as t:
+        res = generate(model, tok, reqs[:hf_batch], max_new_tokens=new, min_new_tokens=new, engine="hf",
+                       batch_size=hf_batch, progress=False)
+    est = t.seconds * math.ceil(n_q / hf_batch)
+    report("hf_batch", **throughput_stats(res, t.seconds), batch=hf_batch, peak_gib=peak_gib(),
+           hf_estimated_s=round(est, 1))
+    report("summary", questions=n_q, fast_s=fast["seconds"], hf_estimated_s=round(est, 1),
+           x_hf=round(est / fast["seconds"], 2))
+
+
+if __name__ == "__main__":
+    main()

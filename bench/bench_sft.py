@@ -1,0 +1,149 @@
+"""LoRA SFT on the Abel-7B-002 shape, sequence 512: tokens/s, peak memory, achieved TFLOP/s.
+
+    python bench/bench_sft.py [--quick] [--out DIR]   # GPU; needs trl + datasets (carried wheels)
+    python bench/bench_sft.py --tiny                  # CPU smoke test
+
+TRL ``SFTTrainer`` + LoRA r=16 on all linear layers, bf16, prompt/completion data whose lengths look
+like GSM8K SFT examples (prompt 80-200 tokens, completion 60-300, capped at 512), completion-only
+loss. One JSON line per setup:
+- ``plain``: the README's measured setup (gradient checkpointing, batch 8, padded batches) -- baseline;
+- ``no_gc``: gradient checkpointing off (LoRA on 7B leaves room for the activations);
+- ``padding_free``: no padding (sequences concatenated, position_ids mark the boundaries;
+  transformers 5 turns those into a block-diagonal mask for SDPA), gradient checkpointing off;
+- ``packing_bfd``: best-fit-decreasing packing to 512 (padding-free), gradient checkpointing off;
+- ``liger``: the best of the above with ``use_liger_kernel`` -- reported as skipped when
+  liger_kernel is not installed.
+Tokens are non-padding input tokens (``include_num_input_tokens_seen="non_padding"``), timed over the
+steps after the warm-up ones. TFLOP/s = 6 x params x tokens/s (the usual dense count; a LoRA
+backward skips the frozen weights' gradients, so the hardware does ~2/3 of that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import importlib.util
+import tempfile
+import time
+
+import numpy as np
+import torch
+from common import (
+    H100_BF16_DENSE, Reporter, build_model, device_info, param_count, parser, peak_gib, random_prompt, reset_peak,
+    sync, word_tokenizer,
+)
+
+
+def dataset(n: int, vocab: int, tiny: bool, seed: int = 0):
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        lp = int(rng.integers(6, 20)) if tiny else int(rng.integers(80, 201))
+        lc = int(rng.integers(6, 30)) if tiny else int(rng.integers(60, 301))
+        rows.append({"prompt": random_prompt(rng, lp, vocab), "completion": " " + random_prompt(rng, lc, vocab)})
+    return Dataset.from_list(rows)
+
+
+class StepClock:
+    """TrainerCallback: wall time and non-padding tokens after the warm-up steps."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                sync()
+                if state.global_step == warmup:
+                    clock.t0, clock.tok0 = time.perf_counter(), state.num_input_tokens_seen
+                clock.t1, clock.tok1 = time.perf_counter(), state.num_input_tokens_seen
+
+        self.callback = _CB()
+        self.t0 = self.t1 = 0.0
+        self.tok0 = self.tok1 = 0
+
+    def tokens_per_s(self) -> float:
+        return (self.tok1 - self.tok0) / (self.t1 - self.t0)
+
+
+def run_setup(name: str, tiny: bool, steps: int, warmup: int, out_dir: str, **cfg) -> dict:
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    model = build_model(tiny, train=True)
+    tok = word_tokenizer(model.config.vocab_size)
+    n_params = param_count(model)
+    batch = cfg.pop("batch", 8)
+    # padding-free without packing does not truncate; the data is generated under 512 tokens
+    max_length = None if cfg.get("padding_free") and not cfg.get("packing") else 512
+    args = SFTConfig(
+        output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
+        max_length=max_length, bf16=not tiny, logging_steps=10**6, save_strategy="no", report_to="none",
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, seed=0,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=True, **cfg,
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    data = dataset(batch * steps * 2 + 64, model.config.vocab_size, tiny)
+    clock = StepClock(warmup)
+    reset_peak()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora,
+                         callbacks=[clock.callback])
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout to the JSON lines
+        trainer.train()
+    tps = clock.tokens_per_s()
+    tflops = 6 * n_params * tps / 1e12
+    row = dict(setup=name, batch=batch, tokens_per_s=round(tps, 1), peak_gib=peak_gib(),
+               tflop_s=round(tflops, 1), mfu=round(tflops * 1e12 / H100_BF16_DENSE, 3),
+               timed_steps=steps - warmup, **{k: v for k, v in cfg.items()})
+    del trainer, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per setup (default 10; --quick 6)")
+    args = p.parse_args()
+    report = Reporter("sft", args.out)
+    steps = 4 if args.tiny else args.steps or (6 if args.quick else 10)
+    warmup = 2
+    report("setup", **device_info(), seq=512, lora_r=16, steps=steps, warmup_steps=warmup)
+    setups = {
+        "plain": dict(gradient_checkpointing=True),
+        "no_gc": dict(gradient_checkpointing=False),
+        "padding_free": dict(gradient_checkpointing=False, padding_free=True),
+        "packing_bfd": dict(gradient_checkpointing=False, packing=True, packing_strategy="bfd"),
+    }
+    if not args.quick:
+        setups["no_gc_batch16"] = dict(gradient_checkpointing=False, padding_free=True, batch=16)
+    rows = {}
+    with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+        for name, cfg in setups.items():
+            try:
+                rows[name] = report("sft", **run_setup(name, args.tiny, steps, warmup, tmp, **dict(cfg)))
+            except torch.OutOfMemoryError as e:
+                report("sft", setup=name, error=f"OOM: {str(e)[:120]}")
+                gc.collect()
+                torch.cuda.empty_cache()
+        ok = {k: v for k, v in rows.items() if "tokens_per_s" in v}
+        best = max(ok, key=lambda k: ok[k]["tokens_per_s"])
+        if importlib.util.find_spec("liger_kernel") is None:
+            report("sft", setup="liger", skipped="liger_kernel not installed")
+        else:
+            cfg = dict(setups[best], use_liger_kernel=True)
+            rows["liger"] = report("sft", **run_setup("liger", args.tiny, steps, warmup, tmp, **cfg))
+    ok = {k: v for k, v in rows.items() if "tokens_per_s" in v}
+    best = max(ok, key=lambda k: ok[k]["tokens_per_s"])
+    report("summary", baseline="plain", plain_tokens_per_s=ok["plain"]["tokens_per_s"], best=best,
+           best_tokens_per_s=ok[best]["tokens_per_s"], x_plain=round(ok[best]["tokens_per_s"] / ok["plain"]["tokens_per_s"], 2),
+           best_peak_gib=ok[best]["peak_gib"], best_tflop_s=ok[best]["tflop_s"])
+
+
+if __name__ == "__main__":
+    main()
