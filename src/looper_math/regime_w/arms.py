@@ -1,0 +1,329 @@
+"""Regime W arms (instruction + sampling settings) and the bandit that spreads k samples over them.
+
+An arm is one reasoning strategy: an instruction appended to the question prompt and the sampling
+settings used with it. Every instruction ends by demanding the canonical final line ``#### <number>``
+so that the one answer extractor (``looper_math.answers``) works the same on every arm.
+
+The eight default arms, and why they differ:
+
+Wolfram family (computational: make the arithmetic explicit so that it can be checked and re-run)
+  ``wolfram_stepwise``   one arithmetic operation per line, ``a op b = c``. The most checkable form:
+                         it feeds s_path's calculator check and s_cf's dataflow program directly.
+                         Low temperature (0.6): this is the "careful clerk".
+  ``wolfram_equations``  name every given quantity first (``apples = 12``), then compute the unknowns
+                         from the names. Separates reading the problem from doing the arithmetic.
+  ``wolfram_multiway``   expand every quantity reachable from the givens in one or two operations,
+                         then pick the one the question asks for. Explores the space of derivations
+                         (Wolfram's multiway systems) instead of committing to the first path; highest
+                         temperature (1.0) because its point is breadth.
+  ``wolfram_formula``    rewrite the question as one closed-form formula over the givens, then
+                         evaluate it in steps. Catches problems whose structure is one expression.
+
+Maudlin family (counterfactual / explanatory: say why each step holds, test it against variations)
+  ``maudlin_causal``     state, for each step, which fact of the problem makes that operation the right
+                         one. Forces the "because" that wrong-operation errors lack.
+  ``maudlin_vary_input`` solve, then change one given number and check that the answer moves in the
+                         direction and by the amount the reasoning predicts (a counterfactual check).
+  ``maudlin_substitute`` solve, then substitute the answer back into the conditions of the problem and
+                         verify every one of them (verification by back-substitution).
+  ``maudlin_decompose``  list the sub-questions first, answer them in order, then combine
+                         (least-to-most decomposition, Zhou et al. 2023).
+
+Temperatures span 0.6-1.0 and top_p 0.9-1.0 so that the family of samples for one question covers
+both careful and exploratory decoding.
+
+Allocation (``Bandit``): ``uniform`` gives each question one sample per arm (round robin from a
+question-dependent offset when k differs from the number of arms). ``ucb`` (UCB1, Auer et al. 2002,
+with fantasised pulls inside one question) and ``thompson`` (Gaussian Thompson sampling) allocate from
+running per-arm reward statistics that ``update`` feeds after each batch of questions. Both keep an
+exploration floor: before the policy picks, any arm whose pulls are below ``exploration_floor`` times
+all pulls (or that was never pulled) is served first, so every arm keeps at least the floor share of
+samples (deterministically, hence also in expectation), and with k = 8 every arm is pulled once on
+the first question. Allocation is a pure function of (stats, seed, question_id): the generator is
+seeded from a blake2b hash, never Python's salted ``hash()``, and a resumed run rebuilds the stats by
+calling ``update`` on the rows already on disk, in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from looper_math.config import RegimeWConfig
+
+FAMILIES = ("wolfram", "maudlin")
+ALLOCATIONS = ("uniform", "ucb", "thompson")
+
+_FINAL = (
+    'Finish with exactly one final line of the form "#### <number>": the final numeric answer only, '
+    "no units, no words."
+)
+
+
+@dataclass
+class Arm:
+    name: str
+    family: str  # "wolfram" | "maudlin"
+    instruction: str
+    temperature: float
+    top_p: float
+
+
+def default_arms() -> list[Arm]:
+    """The eight built-in arms (four Wolfram, four Maudlin); see the module docstring."""
+    return [
+        Arm(
+            "wolfram_stepwise",
+            "wolfram",
+            "Solve the problem step by step. Write each step as a single arithmetic operation on its own "
+            'line in the form "a op b = c", using only numbers from the problem or results of earlier '
+            "steps. " + _FINAL,
+            0.6,
+            0.95,
+        ),
+        Arm(
+            "wolfram_equations",
+            "wolfram",
+            "First name every quantity given in the problem and every quantity you need (for example "
+            '"price per book = 4"). Then compute each unknown quantity from the named ones, one equation '
+            'per line, writing the arithmetic as "a op b = c". ' + _FINAL,
+            0.7,
+            0.95,
+        ),
+        Arm(
+            "wolfram_multiway",
+            "wolfram",
+            "List every quantity that can be computed from the given numbers in one or two operations, "
+            'each as "a op b = c". Then decide which of these quantities the question asks for and '
+            "continue the computation from it until you reach the answer. " + _FINAL,
+            1.0,
+            1.0,
+        ),
+        Arm(
+            "wolfram_formula",
+            "wolfram",
+            "Rewrite the problem as one formula that gives the answer in terms of the given numbers. "
+            'Then evaluate the formula step by step, each step as "a op b = c". ' + _FINAL,
+            0.6,
+            0.9,
+        ),
+        Arm(
+            "maudlin_causal",
+            "maudlin",
+            "Solve the problem step by step. Before each calculation, say in one sentence which fact in "
+            "the problem makes this operation the right one, then write the calculation as "
+            '"a op b = c". ' + _FINAL,
+            0.8,
+            0.95,
+        ),
+        Arm(
+            "maudlin_vary_input",
+            "maudlin",
+            'Solve the problem step by step, writing each calculation as "a op b = c". Then check the '
+            "solution: change one of the given numbers, predict how the answer should change, and "
+            "confirm that your steps give that change. If the check fails, fix the solution. " + _FINAL,
+            0.8,
+            0.95,
+        ),
+        Arm(
+            "maudlin_substitute",
+            "maudlin",
+            'Solve the problem step by step, writing each calculation as "a op b = c". Then verify the '
+            "answer by substituting it back into every condition stated in the problem. If a condition "
+            "fails, fix the solution. " + _FINAL,
+            0.7,
+            0.95,
+        ),
+        Arm(
+            "maudlin_decompose",
+            "maudlin",
+            "First list the sub-questions that must be answered to solve the problem, in order. Then "
+            'answer each sub-question with its calculation written as "a op b = c", and combine the '
+            "answers. " + _FINAL,
+            0.9,
+            0.95,
+        ),
+    ]
+
+
+def load_arms(cfg: RegimeWConfig) -> list[Arm]:
+    """Arms from ``regime_w.arms`` (a list of dicts), or the defaults when that list is empty.
+
+    Fails with a one-line ValueError naming ``regime_w.arms[i].field`` for a missing or unknown field,
+    a wrong type, a family other than wolfram|maudlin, sampling settings out of range, an instruction
+    that does not ask for the ``####`` final line, or a duplicate name.
+    """
+    if not cfg.arms:
+        return default_arms()
+    names = [f.name for f in fields(Arm)]
+    arms: list[Arm] = []
+    for i, d in enumerate(cfg.arms):
+        where = f"regime_w.arms[{i}]"
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping with fields {', '.join(names)}")
+        for key in d:
+            if key not in names:
+                raise ValueError(f"{where}.{key}: unknown field (expected {', '.join(names)})")
+        for key in names:
+            if key not in d:
+                raise ValueError(f"{where}.{key}: missing field")
+        for key in ("name", "family", "instruction"):
+            if not isinstance(d[key], str) or not d[key].strip():
+                raise ValueError(f"{where}.{key}: expected a non-empty string, got {d[key]!r}")
+        for key in ("temperature", "top_p"):
+            if isinstance(d[key], bool) or not isinstance(d[key], (int, float)):
+                raise ValueError(f"{where}.{key}: expected a number, got {d[key]!r}")
+        if d["family"] not in FAMILIES:
+            raise ValueError(f"{where}.family: expected one of {FAMILIES}, got {d['family']!r}")
+        if not 0.0 < d["temperature"] <= 2.0:
+            raise ValueError(f"{where}.temperature: expected 0 < temperature <= 2, got {d['temperature']}")
+        if not 0.0 < d["top_p"] <= 1.0:
+            raise ValueError(f"{where}.top_p: expected 0 < top_p <= 1, got {d['top_p']}")
+        if "####" not in d["instruction"]:
+            raise ValueError(f"{where}.instruction: must ask for the final line '#### <number>'")
+        if d["name"] in {a.name for a in arms}:
+            raise ValueError(f"{where}.name: duplicate arm name {d['name']!r}")
+        arms.append(Arm(d["name"], d["family"], d["instruction"], float(d["temperature"]), float(d["top_p"])))
+    return arms
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from the parts' text (blake2b), stable across processes and Python versions."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class Bandit:
+    """Allocates k samples per question over the arms; see the module docstring for the policies."""
+
+    def __init__(
+        self,
+        arms: list[Arm],
+        allocation: str = "ucb",
+        k: int = 8,
+        exploration_floor: float = 0.05,
+        ucb_c: float = 1.0,
+        seed: int = 0,
+    ):
+        if not arms:
+            raise ValueError("Bandit: needs at least one arm")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"regime_w.allocation: expected one of {ALLOCATIONS}, got {allocation!r}")
+        if k < 1:
+            raise ValueError(f"Bandit: k must be >= 1, got {k}")
+        if not 0.0 <= exploration_floor <= 1.0 / len(arms):
+            raise ValueError(
+                f"regime_w.exploration_floor: expected 0 <= floor <= 1/#arms = {1.0 / len(arms):.4g}, got {exploration_floor}"
+            )
+        self.names = [a.name for a in arms]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("Bandit: arm names must be unique")
+        self.allocation = allocation
+        self.k = k
+        self.floor = exploration_floor
+        self.ucb_c = ucb_c
+        self.seed = seed
+        n = len(arms)
+        self.pulls = np.zeros(n, dtype=np.int64)
+        self.reward_sum = np.zeros(n)
+        self.reward_sq_sum = np.zeros(n)
+        self.correct_sum = np.zeros(n, dtype=np.int64)
+
+    # -- allocation ---------------------------------------------------------------------------
+    def allocate(self, question_id: str) -> list[str]:
+        """k arm names for one question; a pure function of (stats, seed, question_id)."""
+        n = len(self.names)
+        if self.allocation == "uniform":
+            # k == #arms keeps sample_idx i on arm i; otherwise a question-dependent offset spreads
+            # the remainder evenly over arms across questions.
+            offset = 0 if self.k == n else stable_seed(self.seed, "offset", question_id) % n
+            return [self.names[(offset + j) % n] for j in range(self.k)]
+
+        rng = np.random.default_rng(stable_seed(self.seed, "allocate", question_id))
+        counts = self.pulls.astype(float).copy()  # real pulls + fantasised pulls of this question
+        means = self._posterior_means()
+        sd = self._reward_sd()
+        picks: list[str] = []
+        for _ in range(self.k):
+            total = counts.sum()
+            tiebreak = rng.random(n)  # drawn every pick so the stream does not depend on the branch
+            deficit = self.floor * (total + 1) - counts
+            under = (counts == 0) | (deficit > 0) if self.floor > 0 else np.zeros(n, dtype=bool)
+            if under.any():
+                # serve the most under-explored arm first (largest deficit, then fewest pulls)
+                key = np.where(under, deficit - counts * 1e-9 + tiebreak * 1e-12, -np.inf)
+            elif self.allocation == "ucb":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    bonus = self.ucb_c * np.sqrt(math.log(max(total, 1.0)) / counts)
+                key = np.where(counts == 0, np.inf, means + bonus) + tiebreak * 1e-12
+            else:  # thompson: one posterior draw per sample
+                key = means + sd / np.sqrt(self.pulls + 1.0) * rng.standard_normal(n)
+            a = int(np.argmax(key))
+            picks.append(self.names[a])
+            counts[a] += 1
+        return picks
+
+    def _posterior_means(self) -> np.ndarray:
+        # one pseudo-observation at the pooled mean: unpulled arms start at the average arm
+        total = self.pulls.sum()
+        prior = self.reward_sum.sum() / total if total else 0.0
+        return (self.reward_sum + prior) / (self.pulls + 1.0)
+
+    def _reward_sd(self) -> float:
+        total = self.pulls.sum()
+        if total < 2:
+            return 1.0
+        mean = self.reward_sum.sum() / total
+        var = max(self.reward_sq_sum.sum() / total - mean * mean, 0.0)
+        return max(math.sqrt(var), 0.05)  # a floor so a run of identical rewards cannot stop exploration
+
+    # -- statistics ---------------------------------------------------------------------------
+    def update(self, rows: list[dict]) -> None:
+        """Add finished trajectories (each with ``arm``, ``reward``, ``correct``) to the per-arm stats.
+
+        Additive and applied in row order, so replaying the rows already on disk (in file order)
+        rebuilds exactly the state of the run that wrote them.
+        """
+        index = {name: i for i, name in enumerate(self.names)}
+        for row in rows:
+            if row["arm"] not in index:
+                raise ValueError(f"Bandit.update: unknown arm {row['arm']!r} (arms: {', '.join(self.names)})")
+            i = index[row["arm"]]
+            r = float(row["reward"])
+            self.pulls[i] += 1
+            self.reward_sum[i] += r
+            self.reward_sq_sum[i] += r * r
+            self.correct_sum[i] += int(bool(row["correct"]))
+
+    def stats(self) -> dict[str, dict]:
+        """Per arm: pulls, mean_reward and accuracy (0.0 for an arm never pulled)."""
+        out = {}
+        for i, name in enumerate(self.names):
+            p = int(self.pulls[i])
+            out[name] = {
+                "pulls": p,
+                "mean_reward": float(self.reward_sum[i] / p) if p else 0.0,
+                "accuracy": float(self.correct_sum[i] / p) if p else 0.0,
+            }
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "arms": list(self.names),
+            "allocation": self.allocation,
+            "pulls": self.pulls.tolist(),
+            "reward_sum": self.reward_sum.tolist(),
+            "reward_sq_sum": self.reward_sq_sum.tolist(),
+            "correct_sum": self.correct_sum.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["arms"] != self.names:
+            raise ValueError(f"Bandit.load_state_dict: arms {state['arms']} differ from {self.names}")
+        self.pulls = np.array(state["pulls"], dtype=np.int64)
+        self.reward_sum = np.array(state["reward_sum"], dtype=float)
+        self.reward_sq_sum = np.array(state["reward_sq_sum"], dtype=float)
+        self.correct_sum = np.array(state["correct_sum"], dtype=np.int64)
