@@ -318,7 +318,7 @@ FAST_MAX_SLOTS = 256  # sequences decoded together on CUDA (bench/bench_decode.p
 FAST_CHECK_EVERY = 16  # decode steps between host syncs (finished rows, stop strings, refills)
 FAST_PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward
 FAST_ATTN = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
-FAST_COMPILE = False  # torch.compile the decode step before graph capture (bench measures both)
+FAST_COMPILE = False  # torch.compile the decoder layer before graph capture (bench measures both)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -335,6 +335,22 @@ def _attend_bmm(q, K, V, mask, scale):
     scores = torch.matmul(q, K.transpose(-1, -2)).float() * scale
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1).to(V.dtype), V)
+
+
+def _decode_layer(layer, h, cos, sin, K, V, write, mask, rope, attend, Hkv: int, G: int, D: int):
+    """One decoder layer for one new token per slot; writes its K/V into the slot caches K/V."""
+    B = h.shape[0]
+    a = layer.self_attn
+    x = layer.input_layernorm(h)
+    q = a.q_proj(x).view(B, 1, Hkv * G, D).transpose(1, 2)
+    k = a.k_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+    v = a.v_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+    q, k = rope(q, k, cos, sin)
+    K.scatter_(2, write, k)
+    V.scatter_(2, write, v)
+    o = attend(q.reshape(B, Hkv, G, D), K, V, mask, a.scaling)
+    h = h + a.o_proj(o.reshape(B, 1, Hkv * G * D))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
 class FastDecoder:
@@ -397,7 +413,10 @@ class FastDecoder:
         self.temperature = torch.zeros(B, dtype=torch.float32, device=dev)
         self.top_p = torch.ones(B, dtype=torch.float32, device=dev)
         self.greedy = torch.ones(B, dtype=torch.bool, device=dev)
-        self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        # regional compilation: one compiled layer reused by all layers (fuses the norms, rotary and
+        # residual adds that otherwise cost ~45 small kernels per layer per step)
+        self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
+        self._step_fn = self._step
         self.graph = None
 
     # -- decode -------------------------------------------------------------------------------------
@@ -408,17 +427,7 @@ class FastDecoder:
         mask = (self.cols[None, :] <= pos[:, None])[:, None, None, :]
         write = pos.view(B, 1, 1, 1).expand(B, Hkv, 1, D)
         for layer, K, V in zip(self.decoder.layers, self.K, self.V):
-            a = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = a.q_proj(x).view(B, 1, Hkv * G, D).transpose(1, 2)
-            k = a.k_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
-            v = a.v_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
-            q, k = self.rope(q, k, cos, sin)
-            K.scatter_(2, write, k)
-            V.scatter_(2, write, v)
-            o = self.attend(q.reshape(B, Hkv, G, D), K, V, mask, a.scaling)
-            h = h + a.o_proj(o.reshape(B, 1, Hkv * G * D))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = self._layer(layer, h, cos, sin, K, V, write, mask, self.rope, self.attend, Hkv, G, D)
         return self.lm_head(self.decoder.norm(h)[:, 0]).float()
 
     def _choose(self, logits: torch.Tensor, count: torch.Tensor, rows_greedy, rows_t, rows_p, rows_u):
