@@ -62,6 +62,22 @@ def build_dataset(cfg: Config, tokenizer, pairs: list[dict]):
     return datasets.Dataset.from_list(kept), dropped
 
 
+def _load_trained_adapter(model, ckpt: Path) -> None:
+    """Copy the checkpoint's trained "default" adapter into the model, in place.
+
+    A DPO checkpoint holds "default" at its root and the frozen "ref" copy in ``ref/``; transformers'
+    resume (5.x ``Trainer._load_from_checkpoint``) then loads only the sub-folder adapters and leaves
+    "default" at its initial (SFT) weights, so the resumed run would silently restart from SFT with the
+    optimizer state of step N (found by tests/test_reliability.py: losses diverged after resume).
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"), adapter_name="default")
+    if result.unexpected_keys:
+        raise DataError(f"{ckpt}: adapter does not fit the model ({result.unexpected_keys[:2]})")
+
+
 def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pairs_path: Path | None = None,
               init_adapter: str | None = None) -> dict:
     from trl import DPOConfig, DPOTrainer
@@ -100,6 +116,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
     if ckpt:
         print(f"dpo: resuming from {ckpt}")
+        _load_trained_adapter(trainer.model, Path(ckpt))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - t0
