@@ -156,6 +156,16 @@ def config_cmd(config: ConfigOpt = None, set: SetOpt = None,
     _guard(lambda: print(yaml.safe_dump(to_dict(_load(config, set)), sort_keys=False)))
 
 
+@app.command("convert-gguf")
+def convert_gguf_cmd(src: Annotated[Path, typer.Argument(help="Folder holding the GGUF file.")],
+                     gguf_file: Annotated[str, typer.Argument(help="GGUF file name inside SRC.")],
+                     dst: Annotated[Path, typer.Argument(help="Output folder (plain safetensors model + tokenizer).")]):
+    """Dequantize a GGUF model once into a plain folder that every phase can load and train."""
+    from looper_math.modeling import convert_gguf
+
+    _guard(lambda: print(f"converted -> {convert_gguf(str(src), gguf_file, dst)}"))
+
+
 def alias(command: str, *fixed: str) -> None:
     """Entry of the original ``python -m src....`` commands: ``looper-math COMMAND`` with abel7b.yaml by default."""
     argv = list(sys.argv[1:])

@@ -186,6 +186,23 @@ def _dequantized_copy(model, dtype, attn_implementation):
     return plain
 
 
+def convert_gguf(src_dir: str, gguf_file: str, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Dequantize a GGUF checkpoint once into a plain safetensors folder (model + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=dtype)
+    model = _dequantized_copy(model, dtype, None)
+    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    from looper_math.runio import replace_dir
+
+    replace_dir(tmp, dst)
+    return dst
+
+
 def adapter_path(cfg, which: str | None) -> Path | None:
     """'sft' / 'dpo' -> the configured output dir; 'none' / None -> base model; anything else -> a path."""
     if which in (None, "none", "base"):

@@ -41,6 +41,26 @@ def reasoning_of(text: str) -> str:
     return head.rstrip() if sep else text
 
 
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for predicting `labels` (Mann-Whitney U; ties count 1/2)."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, i) for i, s in enumerate(scores))
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(ranked):
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[ranked[k][1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_pos = sum(r for r, y in zip(ranks, labels) if y)
+    return (rank_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
 def summarize(rows: list[dict], bandit: Bandit, run_tokens: int, run_seconds: float, cfg: Config) -> dict:
     by_q: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -60,6 +80,11 @@ def summarize(rows: list[dict], bandit: Bandit, run_tokens: int, run_seconds: fl
         "finished_share": sum(r["finished"] for r in rows) / n if n else 0.0,
         "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
         "per_arm": per_arm,
+        "auroc_correct": {
+            "s_wm": auroc([r["s_wm"] for r in rows], [r["correct"] for r in rows]),
+            "s_path+s_cf": auroc([r["s_path"] + r["s_cf"] for r in rows], [r["correct"] for r in rows]),
+            "s_end": auroc([r["s_end"] for r in rows], [r["correct"] for r in rows]),
+        },
         "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
                      "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None},
     }
