@@ -21,7 +21,7 @@ from pathlib import Path
 
 from looper_math.config import Config, save_resolved
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.runio import DataError, check_output, read_jsonl
+from looper_math.runio import DataError, check_output, clear_output, read_jsonl
 from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -98,6 +98,8 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     if init_dir is None:
         raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")
     model.config.use_cache = False
+    if mode == "overwrite":  # inputs are valid: now the old output goes
+        clear_output(out_dir)
     save_resolved(cfg, out_dir)
     d = cfg.dpo
     bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"

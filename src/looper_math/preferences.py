@@ -228,7 +228,7 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
     rollouts_path, output_path = Path(rollouts_path), Path(output_path)
     if not rollouts_path.is_file():
         raise DataError(f"{rollouts_path}: rollouts file not found")
-    check_output(output_path, resume=False, overwrite=overwrite)
+    check_output(output_path, resume=False, overwrite=overwrite, resumable=False)  # replaced by an atomic rename below
     rows = list(read_jsonl(rollouts_path))
     check_rows(rows, str(rollouts_path))
     pairs, summary = build_pairs(rows, cfg.prefs)

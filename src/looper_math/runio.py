@@ -71,10 +71,13 @@ def safe_join(root: str | Path, name: str) -> Path:
     return p
 
 
-def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> str:
+def check_output(path: str | Path, *, resume: bool, overwrite: bool, resumable: bool = True) -> str:
     """Decide what to do with an existing output. Returns 'fresh', 'resume' or 'overwrite'.
 
-    A file or directory that exists and is non-empty needs --resume or --overwrite.
+    A file or directory that exists and is non-empty needs --resume or --overwrite. Nothing is deleted
+    here: on 'overwrite' the phase replaces the old output only once its inputs have been validated and
+    it is about to write (``clear_output``, a truncating ``JsonlAppender`` or an atomic rename), so a
+    refused run leaves the old output as it was.
     """
     path = Path(path)
     if resume and overwrite:
@@ -83,14 +86,20 @@ def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> str:
     if not exists:
         return "fresh"
     if overwrite:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
         return "overwrite"
     if resume:
         return "resume"
-    raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+    hint = "pass --resume to continue it or --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+    raise OutputExistsError(f"{path} already exists: {hint}")
+
+
+def clear_output(path: str | Path) -> None:
+    """Remove an output that --overwrite replaces (call it right before writing the new one)."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> Iterator[dict]:
@@ -140,7 +149,8 @@ def repair_jsonl(path: str | Path) -> int:
 class JsonlAppender:
     """Append-only JSONL keyed by ``key_fields``; rows with keys already present are refused.
 
-    Open with ``mode`` from ``check_output``: 'resume' repairs a torn tail and loads existing keys.
+    Open with ``mode`` from ``check_output``: 'resume' repairs a torn tail and loads existing keys;
+    'overwrite' truncates the old file.
     """
 
     def __init__(self, path: str | Path, key_fields: tuple[str, ...], mode: str):
@@ -159,7 +169,7 @@ class JsonlAppender:
                 if key in self.keys:
                     raise DataError(f"{self.path}: duplicate key {key} at row {i + 1}")
                 self.keys.add(key)
-        self._f = open(self.path, "ab")
+        self._f = open(self.path, "wb" if mode == "overwrite" else "ab")
 
     def key_of(self, row: dict) -> tuple:
         return tuple(row[k] for k in self.key_fields)
@@ -220,7 +230,7 @@ def take_shard(items: list, shard: tuple[int, int] | None) -> list:
 def merge_shards(output: Path, n: int, key_fields: tuple[str, ...], *, overwrite: bool = False) -> int:
     """Merge out.shard-i-of-n.jsonl (i < n) into out.jsonl; every key must appear exactly once."""
     output = Path(output)
-    check_output(output, resume=False, overwrite=overwrite)
+    check_output(output, resume=False, overwrite=overwrite, resumable=False)
     seen: dict[tuple, str] = {}
     lines: list[str] = []
     for i in range(n):

@@ -25,7 +25,7 @@ from looper_math.config import Config, save_resolved
 from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
-from looper_math.runio import check_output
+from looper_math.runio import check_output, clear_output
 from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final
 
 
@@ -67,6 +67,8 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     configure_cuda_training()
     model = load_model(cfg, device, dtype)
     model.config.use_cache = False
+    if mode == "overwrite":  # inputs are valid: now the old output goes
+        clear_output(out_dir)
     save_resolved(cfg, out_dir)
     s = cfg.sft
     bf16 = device == "cuda" and str(dtype) == "torch.bfloat16"
