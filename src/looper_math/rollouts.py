@@ -119,7 +119,6 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     model, adapter_dir = load_model_with_adapter(cfg, r.adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     model_id, adapter_id = cfg.model.name_or_path, str(adapter_dir) if adapter_dir else None
-    save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")
     fmt = cfg.model.prompt_format
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
@@ -129,6 +128,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
             if (row.get("model"), row.get("adapter")) != (model_id, adapter_id):
                 raise DataError(f"{out}:{i}: rollouts from model={row.get('model')!r} adapter={row.get('adapter')!r}, "
                                 f"but this run uses model={model_id!r} adapter={adapter_id!r} (use --overwrite or another output)")
+        save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")  # only once the old rows are known to fit
         bandit.update(old)
         texts_by_q: dict[str, dict[int, str]] = defaultdict(dict)
         for row in old:
