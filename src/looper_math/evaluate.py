@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.generation import GenRequest, generate
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.prompts import STOP_STRINGS, build_prompt
-from looper_math.runio import JsonlAppender, atomic_write_json, check_output, parse_shard, read_jsonl, shard_path, take_shard
+from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, parse_shard, read_jsonl, shard_path, take_shard
 
 EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_strict", "extracted_flexible",
                "correct", "correct_strict", "correct_flexible", "cleaning_status", "num_tokens", "finished", "checkpoint")
@@ -95,10 +95,15 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     model, adapter_dir = load_model_with_adapter(cfg, adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
-    save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")
     fmt = cfg.model.prompt_format
     run_tokens, t0 = 0, time.time()
     with JsonlAppender(out, ("question_id",), mode) as sink:
+        if mode == "resume":  # rows of another checkpoint must not be mixed into this file
+            for i, row in enumerate(read_jsonl(out), 1):
+                if row.get("checkpoint") != checkpoint:
+                    raise DataError(f"{out}:{i}: row of checkpoint={row.get('checkpoint')!r}, but this run evaluates "
+                                    f"{checkpoint!r} (use --overwrite or another --output)")
+        save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")
         todo = [p for p in problems if (p.question_id,) not in sink]
         if mode == "resume":
             print(f"eval: resuming {out}: {len(problems) - len(todo)} done, {len(todo)} to go"
