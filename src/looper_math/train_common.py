@@ -7,8 +7,11 @@ Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir`
     train_summary.json                               written LAST: its presence means "complete"
     trainer/checkpoint-N/                            intermediate checkpoints (resume)
 
-Intermediate checkpoints are written by transformers' Trainer into a temp name and renamed; the final
-adapter is written into a temp folder and its files renamed into place, summary last.
+Intermediate checkpoints are written by transformers' Trainer in place (``checkpoint-N/``, weights and
+optimizer/scheduler/RNG first, ``trainer_state.json`` last); a checkpoint counts only once its
+``trainer_state.json`` parses and names step N, so a kill or a full disk mid-save leaves the previous one
+as the resume point. The final adapter is written into a temp folder and its files renamed into place,
+``train_summary.json`` last.
 """
 
 from __future__ import annotations
@@ -69,11 +72,22 @@ def peft_lora_config(cfg):
                       task_type="CAUSAL_LM", bias="none")
 
 
+def _complete_checkpoint(p: Path) -> bool:
+    """trainer_state.json is the Trainer's last write into checkpoint-N: it must exist, parse and name step N."""
+    step = p.name.split("-")[-1]
+    if not step.isdigit():
+        return False
+    try:
+        return json.loads((p / "trainer_state.json").read_text()).get("global_step") == int(step)
+    except (OSError, ValueError):  # missing, or torn by a kill mid-write
+        return False
+
+
 def last_checkpoint(trainer_dir: Path) -> str | None:
-    """Newest complete checkpoint-N folder (one with trainer_state.json) or None."""
+    """Newest complete checkpoint-N folder (see _complete_checkpoint) or None."""
     if not trainer_dir.is_dir():
         return None
-    done = [p for p in trainer_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
+    done = [p for p in trainer_dir.glob("checkpoint-*") if _complete_checkpoint(p)]
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
