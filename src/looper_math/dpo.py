@@ -22,7 +22,7 @@ from pathlib import Path
 from looper_math.config import Config, save_resolved
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, clear_output, read_jsonl
-from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final
+from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final, train_or_finish
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -120,7 +120,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         print(f"dpo: resuming from {ckpt}")
         _load_trained_adapter(trainer.model, Path(ckpt))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=ckpt)
+    train_loss = train_or_finish(trainer, ckpt)
     seconds = time.time() - t0
     # Save only the trained "default" adapter; the frozen "ref" copy is an implementation detail of TRL.
     if "ref" in trainer.model.peft_config:
@@ -129,11 +129,11 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     summary = {
         "phase": "dpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
         "pairs": len(train_ds), "dropped_too_long": dropped, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss, "losses": losses(hist), "seconds": round(seconds, 2),
+        "train_loss": train_loss, "losses": losses(hist), "seconds": round(seconds, 2),
         "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / seconds, 2) if d.max_steps < 0 else
         round(trainer.state.global_step * d.batch_size * d.grad_accum / seconds, 2),
         "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
-    print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {result.training_loss:.4f}, adapter -> {out_dir}")
+    print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {train_loss:.4f}, adapter -> {out_dir}")
     return summary

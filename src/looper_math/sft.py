@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output, clear_output
-from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final
+from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final, train_or_finish
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -92,12 +92,12 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     if ckpt:
         print(f"sft: resuming from {ckpt}")
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=ckpt)
+    train_loss = train_or_finish(trainer, ckpt)
     seconds = time.time() - t0
     hist = trainer.state.log_history
     summary = {
         "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "examples": len(train_ds),
-        "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
         "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
     }

@@ -63,6 +63,32 @@ def configure_cuda_training() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+class _AtMaxSteps(Exception):
+    pass
+
+
+class _StopIfFinished(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise _AtMaxSteps
+
+
+def train_or_finish(trainer, ckpt: str | None) -> float:
+    """``trainer.train(resume_from_checkpoint=ckpt)``; returns the training loss.
+
+    Resuming from the checkpoint of the last step (a kill between it and the final save) must not train:
+    transformers 5 runs one more optimizer step before it looks at max_steps (found by
+    tests/test_reliability.py). By on_train_begin the Trainer has restored weights and state from the
+    checkpoint, so we stop there; the loss is then the mean of the logged losses.
+    """
+    trainer.add_callback(_StopIfFinished())
+    try:
+        return trainer.train(resume_from_checkpoint=ckpt).training_loss
+    except _AtMaxSteps:
+        logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return sum(logged) / len(logged) if logged else float("nan")
+
+
 def peft_lora_config(cfg):
     from peft import LoraConfig
 
