@@ -22,7 +22,7 @@ from pathlib import Path
 from looper_math.config import Config, save_resolved
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, clear_output, read_jsonl
-from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final, train_or_finish
+from looper_math.train_common import DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final, train_or_finish
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -114,7 +114,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
         seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard()])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs()])
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
     if ckpt:
         print(f"dpo: resuming from {ckpt}")

@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output, clear_output
-from looper_math.train_common import NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final, train_or_finish
+from looper_math.train_common import DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final, train_or_finish
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -87,7 +87,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard()])
+                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs()])
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
     if ckpt:
         print(f"sft: resuming from {ckpt}")

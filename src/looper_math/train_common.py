@@ -63,6 +63,16 @@ def configure_cuda_training() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+class DropPickledArgs(TrainerCallback):
+    """Delete the ``training_args.bin`` the Trainer pickles into each checkpoint: it is the one file there
+    that only a full (code-executing) unpickle can read, and resume never reads it (the resolved config
+    is the record). What stays is safetensors weights plus optimizer/scheduler/RNG state, which
+    transformers reloads with ``torch.load(weights_only=True)``."""
+
+    def on_save(self, args, state, control, **kwargs):
+        (Path(args.output_dir) / f"checkpoint-{state.global_step}" / "training_args.bin").unlink(missing_ok=True)
+
+
 class _AtMaxSteps(Exception):
     pass
 
