@@ -152,7 +152,7 @@ class EvalConfig:
     max_new_tokens: int = _f(512, "Max generated tokens per question.")
     batch_size: int = _f(64, "Questions per generation batch.")
     limit: int | None = _f(None, "Only the first N questions.")
-    engine: str = _f("hf", "Generation engine: hf (batched generate) | fast (static cache + compile, GPU).")
+    engine: str = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     answer_mode: str = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
 
 

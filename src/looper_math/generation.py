@@ -30,7 +30,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from transformers import StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-ENGINES = ("hf", "fast")
+ENGINES = ("auto", "hf", "fast")
 
 
 @dataclass
@@ -254,6 +254,8 @@ def generate(
     if not requests:
         return []
     stop_strings = list(stop_strings) if stop_strings else None
+    if engine == "auto":  # the fast engine where it is supported and pays off (CUDA), else the plain path
+        engine = "fast" if model.device.type == "cuda" and model.config.model_type in FAST_SUPPORTED else "hf"
     if engine == "fast":
         return _generate_fast(
             model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
