@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def gsm8k_dir() -> Path | None:
+    """The local GSM8K copy (env LOOPER_GSM8K_DIR, else ../shared/data/gsm8k), or None."""
     d = Path(os.environ.get("LOOPER_GSM8K_DIR", REPO.parent / "shared" / "data" / "gsm8k"))
-    return d if (d / "train.jsonl").exists() else None
+    return d if (d / "train.jsonl").is_file() and (d / "test.jsonl").is_file() else None
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,7 @@ from looper_math.answers import (
     normalize_number,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def gsm8k_dir() -> Path | None:
-    env = os.environ.get("LOOPER_GSM8K_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data" / "gsm8k")
-    for c in candidates:
-        if (c / "train.jsonl").is_file() and (c / "test.jsonl").is_file():
-            return c
-    return None
+from conftest import gsm8k_dir
 
 
 # --------------------------------------------------------------------------- normalize_number

@@ -112,13 +112,7 @@ def _pretrain_tiny(model, tokenizer, seed: int, steps: int = 200) -> None:
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    path = base_path(cfg)
-    if cfg.model.name_or_path == "tiny":
-        build_tiny_model(Path(path))
-    _check_local(path)
-    kwargs = {"trust_remote_code": cfg.model.trust_remote_code, "revision": cfg.model.revision}
-    if cfg.model.gguf_file:
-        kwargs["gguf_file"] = cfg.model.gguf_file
+    path, kwargs = _source(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
@@ -135,6 +129,18 @@ def load_tokenizer(cfg):
     return tok
 
 
+def _source(cfg) -> tuple[str, dict]:
+    """(path, from_pretrained kwargs shared by model and tokenizer); builds the tiny model if asked."""
+    path = base_path(cfg)
+    if cfg.model.name_or_path == "tiny":
+        build_tiny_model(Path(path))
+    _check_local(path)
+    kwargs = {"trust_remote_code": cfg.model.trust_remote_code, "revision": cfg.model.revision}
+    if cfg.model.gguf_file:
+        kwargs["gguf_file"] = cfg.model.gguf_file
+    return path, kwargs
+
+
 def _check_local(path: str) -> None:
     p = Path(path)
     looks_local = p.is_absolute() or path.startswith((".", "~")) or p.exists() or path.count("/") != 1
@@ -148,15 +154,10 @@ def load_model(cfg, device: str | None = None, dtype: torch.dtype | None = None)
 
     device = device or resolve_device(cfg)
     dtype = dtype or resolve_dtype(cfg, device)
-    path = base_path(cfg)
-    if cfg.model.name_or_path == "tiny":
-        build_tiny_model(Path(path))
-    _check_local(path)
-    kwargs = {"trust_remote_code": cfg.model.trust_remote_code, "revision": cfg.model.revision, "dtype": dtype}
+    path, kwargs = _source(cfg)
+    kwargs["dtype"] = dtype
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    if cfg.model.gguf_file:
-        kwargs["gguf_file"] = cfg.model.gguf_file
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
