@@ -28,7 +28,7 @@ from common import (
 )
 
 from looper_math import generation
-from looper_math.generation import GenRequest, generate
+from looper_math.generation import GenRequest
 
 
 def main() -> None:
