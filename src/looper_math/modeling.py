@@ -243,7 +243,9 @@ def load_model_with_adapter(cfg, which: str | None, device: str | None = None, *
     try:
         model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(f"{path}: adapter does not fit base model '{cfg.model.name_or_path}': {str(e).splitlines()[0][:160]}") from None
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+        detail = next((x for x in lines if x.startswith("size mismatch")), lines[0])  # torch's header line says nothing
+        raise ModelError(f"{path}: adapter does not fit base model '{cfg.model.name_or_path}': {detail[:200]}") from None
     return model.eval() if not trainable else model, path
 
 
