@@ -281,7 +281,7 @@ CASES = [
     Case("model_path_missing", _with_set(["eval", "--adapter", "none"], "model.name_or_path=./no/such/model"), "model.name_or_path"),
     Case("no_chat_template", _no_chat_template, "chat template"),
     Case("adapter_other_base_model", _adapter_other_base, "trained on base model"),
-    Case("adapter_wrong_shapes", _adapter_wrong_shapes, "does not fit base model"),
+    Case("adapter_wrong_shapes", _adapter_wrong_shapes, "does not fit base model 'tiny': size mismatch"),
     Case("adapter_pickle_only", _adapter_pickle_only, "only safetensors"),
     Case("adapter_folder_not_adapter", _adapter_not_an_adapter, "adapter_config.json"),
     # preference pairs
