@@ -1,6 +1,6 @@
 """The ``looper-math`` command line (typer).
 
-``looper-math sft|rollouts|prefs|dpo|eval|compare|report|run|config [--config FILE] [--set key=value ...]``.
+``looper-math sft|rollouts|prefs|dpo|eval|merge|compare|report|run|config [--config FILE] [--set key=value ...]``.
 Without ``--config`` every command uses the embedded default (``configs/demo.yaml``: tiny model,
 built-in problems, CPU). The original project's ``python -m src....`` commands call :func:`alias`, which
 defaults to ``configs/abel7b.yaml``. Errors the user can fix print one line and exit with status 2.
@@ -112,6 +112,17 @@ def eval_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = F
         return evaluate(cfg, adapter, output=output, resume=resume, overwrite=overwrite, shard=shard)
 
     _guard(go)
+
+
+@app.command()
+def merge(output: Annotated[Path, typer.Argument(help="The unsharded output, e.g. runs/x/data/rollouts.jsonl (shards are <stem>.shard-i-of-n.jsonl).")],
+          kind: Annotated[str, typer.Option(help="rollouts | eval")] = ...,
+          shards: Annotated[int, typer.Option(help="n: the number of shards the run was split into.")] = ...,
+          overwrite: OverwriteOpt = False):
+    """Merge the shard files of `rollouts/eval --shard i/n` into OUTPUT (every key exactly once) + its summary."""
+    from looper_math.shards import merge as do_merge
+
+    _guard(lambda: do_merge(kind, output, shards, overwrite=overwrite))
 
 
 @app.command()

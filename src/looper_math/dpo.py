@@ -22,7 +22,8 @@ from pathlib import Path
 from looper_math.config import Config, save_resolved
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, clear_output, read_jsonl
-from looper_math.train_common import DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, save_final, train_or_finish
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
+                                      launched_state, losses, save_final, train_or_finish, wait_for_all)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -91,6 +92,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         print(f"dpo: {out_dir} is complete; nothing to do")
         return {"skipped": True, "output_dir": str(out_dir)}
     device = resolve_device(cfg)
+    dist = launched_state(device)  # under accelerate launch: this rank's process group and GPU
     tokenizer = load_tokenizer(cfg)
     train_ds, dropped = build_dataset(cfg, tokenizer, pairs)
     configure_cuda_training()
@@ -98,9 +100,12 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     if init_dir is None:
         raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")
     model.config.use_cache = False
-    if mode == "overwrite":  # inputs are valid: now the old output goes
-        clear_output(out_dir)
-    save_resolved(cfg, out_dir)
+    wait_for_all(dist)  # every rank has decided `mode` before the main one touches the output
+    if is_main(dist):
+        if mode == "overwrite":  # inputs are valid: now the old output goes
+            clear_output(out_dir)
+        save_resolved(cfg, out_dir)
+    wait_for_all(dist)  # ... and has done so before the others go on
     d = cfg.dpo
     bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"
     args = DPOConfig(
@@ -113,6 +118,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         gradient_checkpointing=d.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
         seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
+        ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every trainable LoRA weight gets a gradient
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs()])
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
@@ -135,5 +141,6 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
-    print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {train_loss:.4f}, adapter -> {out_dir}")
+    if is_main(dist):
+        print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {train_loss:.4f}, adapter -> {out_dir}")
     return summary

@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.generation import GenRequest, generate
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.prompts import STOP_STRINGS, build_prompt
-from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, parse_shard, read_jsonl, shard_path, take_shard
+from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
 
 EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_strict", "extracted_flexible",
                "correct", "correct_strict", "correct_flexible", "cleaning_status", "num_tokens", "finished", "checkpoint")
@@ -84,7 +84,7 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
 
 def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, shard: str | None = None) -> dict:
-    sh = parse_shard(shard)
+    sh = resolve_shard(shard)
     out = shard_path(Path(output) if output else default_output(cfg, adapter), sh)
     mode = check_output(out, resume=resume, overwrite=overwrite)
     problems = load_split(cfg, cfg.eval.split)
@@ -129,6 +129,9 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     print(f"eval [{checkpoint}] n={summary['n']}: accuracy {summary['accuracy']:.2%} (95% CI {lo:.2%}-{hi:.2%}), "
           f"strict {summary['accuracy_strict']:.2%}, flexible {summary['accuracy_flexible']:.2%}, "
           f"{summary['this_run']['tokens_per_s']} tok/s -> {out}")
+    if sh is not None:
+        print(f"eval: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind eval --shards {sh[1]} "
+              f"{Path(output) if output else default_output(cfg, adapter)}")
     return summary
 
 

@@ -46,6 +46,11 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False) -> di
     from looper_math.sft import sft_complete, train_sft
     from looper_math.train_common import is_complete
 
+    from looper_math.runio import launcher_rank
+
+    if launcher_rank() is not None:  # each rank would write rollout/eval shards that prefs/compare never see
+        raise ValueError("`looper-math run` is one process: under accelerate launch / torchrun run the phases as separate "
+                         "commands (sft, dpo; rollouts/eval shards, then `looper-math merge`), see the README's Multi-GPU section")
     if rounds < 1:
         raise ValueError("--rounds must be >= 1")
     t0 = time.time()

@@ -29,7 +29,7 @@ from looper_math.prompts import STOP_STRINGS, build_prompt
 from looper_math.regime_w.arms import Bandit, load_arms, stable_seed
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
-from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, check_output, parse_shard, read_jsonl,
+from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard,
                                shard_path, take_shard)
 
 KEY = ("question_id", "sample_idx")
@@ -106,7 +106,7 @@ def print_arm_table(summary: dict) -> None:
 
 def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = False, shard: str | None = None) -> dict:
     r, w = cfg.rollouts, cfg.regime_w
-    sh = parse_shard(shard)
+    sh = resolve_shard(shard)
     out = shard_path(cfg.path(r.output), sh)
     mode = check_output(out, resume=resume, overwrite=overwrite)
     problems = load_split(cfg, r.split)
@@ -190,6 +190,8 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     print_arm_table(summary)
     print(f"rollouts: {summary['rows']} rows -> {out}; mixed-correctness questions {summary['share_questions_mixed']:.1%}; "
           f"{summary['this_run']['tokens_per_s']} tok/s")
+    if sh is not None:
+        print(f"rollouts: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind rollouts --shards {sh[1]} {cfg.path(r.output)}")
     return summary
 
 

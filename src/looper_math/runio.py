@@ -216,6 +216,42 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def launcher_rank() -> tuple[int, int, int | None] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) when started by a multi-process launcher (``accelerate launch``,
+    ``torchrun``) with WORLD_SIZE > 1; None otherwise."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK"))
+    if world <= 1 or rank is None or not rank.isdigit():
+        return None
+    local = os.environ.get("LOCAL_RANK")
+    return int(rank), world, int(local) if local is not None and local.isdigit() else None
+
+
+def resolve_shard(spec: str | None) -> tuple[int, int] | None:
+    """The shard this process takes: ``--shard i/n`` if given, else RANK/WORLD_SIZE under a launcher
+    (``accelerate launch`` / ``torchrun`` with several processes), else None (everything).
+
+    Under a launcher the process is also bound to GPU LOCAL_RANK (when CUDA is available), so "cuda"
+    in the rest of the code means this process's own GPU.
+    """
+    sh = parse_shard(spec)
+    launched = launcher_rank()
+    gpu = None
+    if launched is not None and launched[2] is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = launched[2] % torch.cuda.device_count()
+            torch.cuda.set_device(gpu)
+    if sh is None and launched is not None:
+        sh = (launched[0], launched[1])
+        print(f"shard {sh[0]}/{sh[1]} (from the launcher's RANK/WORLD_SIZE{f', on cuda:{gpu}' if gpu is not None else ''})")
+    return sh
+
+
 def shard_path(path: Path, shard: tuple[int, int] | None) -> Path:
     """Each shard writes its own append-only file: out.jsonl -> out.shard-0-of-2.jsonl."""
     if shard is None:
@@ -228,20 +264,36 @@ def take_shard(items: list, shard: tuple[int, int] | None) -> list:
 
 
 def merge_shards(output: Path, n: int, key_fields: tuple[str, ...], *, overwrite: bool = False) -> int:
-    """Merge out.shard-i-of-n.jsonl (i < n) into out.jsonl; every key must appear exactly once."""
+    """Merge out.shard-i-of-n.jsonl (i < n) into out.jsonl; every key must appear exactly once.
+
+    Rows are interleaved back into the unsharded order: ``take_shard`` gave problem j to shard j % n,
+    so groups of rows (by ``key_fields[0]``, e.g. question_id) are taken round-robin from the shards.
+    """
     output = Path(output)
+    if n < 1:
+        raise ValueError(f"--shards {n}: need at least 1 shard")
     check_output(output, resume=False, overwrite=overwrite, resumable=False)
     seen: dict[tuple, str] = {}
-    lines: list[str] = []
+    groups: list[list[list[str]]] = []  # per shard: rows grouped by key_fields[0], in file order
     for i in range(n):
         part = shard_path(output, (i, n))
         if not part.exists():
-            raise DataError(f"{part}: shard file missing")
-        for row in read_jsonl(part):
-            key = tuple(row[k] for k in key_fields)
+            raise DataError(f"{part}: shard file missing (shard {i}/{n} not run or not finished)")
+        mine: dict[Any, list[str]] = {}
+        for j, row in enumerate(read_jsonl(part), 1):
+            try:
+                key = tuple(row[k] for k in key_fields)
+            except KeyError as e:
+                raise DataError(f"{part}:{j}: row lacks key field {e}") from None
             if key in seen:
-                raise DataError(f"{part}: key {key} also in {seen[key]}")
+                raise DataError(f"{part}:{j}: key {key} also in {seen[key]}")
             seen[key] = part.name
-            lines.append(json.dumps(row, ensure_ascii=False))
+            mine.setdefault(key[0], []).append(json.dumps(row, ensure_ascii=False))
+        groups.append(list(mine.values()))
+    lines: list[str] = []
+    for g in range(max((len(x) for x in groups), default=0)):
+        for shard_groups in groups:
+            if g < len(shard_groups):
+                lines.extend(shard_groups[g])
     atomic_write_text(output, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)

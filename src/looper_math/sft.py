@@ -26,7 +26,8 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output, clear_output
-from looper_math.train_common import DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, last_checkpoint, losses, peft_lora_config, save_final, train_or_finish
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
+                                      launched_state, losses, peft_lora_config, save_final, train_or_finish, wait_for_all)
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -61,15 +62,19 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         print(f"sft: {out_dir} is complete; nothing to do")
         return {"skipped": True, "output_dir": str(out_dir)}
     device = resolve_device(cfg)
+    dist = launched_state(device)  # under accelerate launch: this rank's process group and GPU
     dtype = resolve_dtype(cfg, device)
     tokenizer = load_tokenizer(cfg)
     train_ds, dropped = build_dataset(cfg, tokenizer)
     configure_cuda_training()
     model = load_model(cfg, device, dtype)
     model.config.use_cache = False
-    if mode == "overwrite":  # inputs are valid: now the old output goes
-        clear_output(out_dir)
-    save_resolved(cfg, out_dir)
+    wait_for_all(dist)  # every rank has decided `mode` before the main one touches the output
+    if is_main(dist):
+        if mode == "overwrite":  # inputs are valid: now the old output goes
+            clear_output(out_dir)
+        save_resolved(cfg, out_dir)
+    wait_for_all(dist)  # ... and has done so before the others go on
     s = cfg.sft
     bf16 = device == "cuda" and str(dtype) == "torch.bfloat16"
     args = SFTConfig(
@@ -85,6 +90,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         report_to="none", completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
         dataset_num_proc=None, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every LoRA weight gets a gradient
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs()])
@@ -102,7 +108,8 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
-    print(f"sft: {summary['steps']} steps, final train loss {summary['train_loss']:.4f}, adapter -> {out_dir}")
+    if is_main(dist):
+        print(f"sft: {summary['steps']} steps, final train loss {summary['train_loss']:.4f}, adapter -> {out_dir}")
     return summary
 
 

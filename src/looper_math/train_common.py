@@ -131,26 +131,60 @@ def is_complete(out_dir: Path) -> bool:
     return (Path(out_dir) / "train_summary.json").exists()
 
 
+def launched_state(device: str):
+    """accelerate's ``PartialState`` when started by ``accelerate launch`` / ``torchrun`` with several
+    processes (DDP, DeepSpeed, FSDP), else None (one process, nothing changes). Creating it joins the
+    process group and binds this process to its GPU, so "cuda" below means cuda:LOCAL_RANK."""
+    from looper_math.runio import launcher_rank
+
+    if launcher_rank() is None:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
+def is_main(state) -> bool:
+    return state is None or state.is_main_process
+
+
+def wait_for_all(state) -> None:
+    """Barrier across the launched processes (no-op in one process)."""
+    if state is not None:
+        state.wait_for_everyone()
+
+
 def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
-    """Write the final adapter: temp folder first, then rename file by file, train_summary.json last."""
+    """Write the final adapter: temp folder first, then rename file by file, train_summary.json last.
+
+    Called by every process of a multi-process run: ``trainer.save_model`` gathers the weights where they
+    are sharded (DeepSpeed ZeRO-3, FSDP) and writes on the main process only; everything else here is
+    main-process work, and all processes return once the adapter is complete.
+    """
     from looper_math.config import save_resolved
     from looper_math.modeling import write_base_marker
 
     out_dir = Path(out_dir)
-    (out_dir / "train_summary.json").unlink(missing_ok=True)
+    main = trainer.is_world_process_zero()
     tmp = out_dir / ".final.tmp"
-    if tmp.exists():
+    if main:
+        (out_dir / "train_summary.json").unlink(missing_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # PEFT adapter only, safetensors; collective under ZeRO-3/FSDP
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled; never read (see DropPickledArgs)
+        tokenizer.save_pretrained(tmp)
+        save_resolved(cfg, tmp)
+        write_base_marker(tmp, cfg)
+        (tmp / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.replace(f, out_dir / f.name)
         shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    save_resolved(cfg, tmp)
-    write_base_marker(tmp, cfg)
-    (tmp / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    for f in tmp.iterdir():
-        if f.is_file():
-            os.replace(f, out_dir / f.name)
-    shutil.rmtree(tmp)
-    atomic_write_json(out_dir / "train_summary.json", summary)
+        atomic_write_json(out_dir / "train_summary.json", summary)
+    trainer.accelerator.wait_for_everyone()
 
 
 def losses(log_history: list[dict]) -> list[tuple[int, float]]:
