@@ -5,6 +5,8 @@ Without ``--overwrite`` the run continues: complete phases are skipped (a traini
 once its ``train_summary.json`` exists, an eval or rollouts phase once its summary exists, pairs once
 the file exists) and partial ones resume. Round r > 1 samples from round r-1's DPO adapter and
 continues DPO from it (reference = that adapter), Iterative-RPO style; its files get a ``_r{r}`` suffix.
+The report is rebuilt only when it is missing or older than some file of the run, so a rerun that finds
+every phase complete writes nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def round_config(cfg: Config, r: int) -> Config:
         c.rollouts.adapter = prev
         c.dpo.init_adapter = prev
     return c
+
+
+def report_is_current(run_dir: Path) -> bool:
+    """``report/report.html`` exists and no file of the run outside ``report/`` is newer."""
+    page = run_dir / "report" / "report.html"
+    if not page.exists():
+        return False
+    t = page.stat().st_mtime_ns
+    return not any(p.stat().st_mtime_ns > t for p in run_dir.rglob("*") if p.is_file() and page.parent not in p.parents)
 
 
 def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False) -> dict:
@@ -79,8 +90,12 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False) -> di
     last = round_config(cfg, rounds)
     result = compare(default_output(cfg, "sft"), default_output(last, "dpo"))
     print(format_compare(result))
-    report = build_report(Path(cfg.run_dir))
-    print(f"report -> {report}")
+    if report_is_current(Path(cfg.run_dir)):
+        report = Path(cfg.run_dir) / "report" / "report.html"
+        print(f"report -> {report} (up to date)")
+    else:
+        report = build_report(Path(cfg.run_dir))
+        print(f"report -> {report}")
     if cfg.smoke:
         print("SMOKE RUN finished: every phase ran on a tiny random model; accuracies are meaningless by design.")
     print(f"run: {len(done)} phases ran, {time.time() - t0:.0f}s")
