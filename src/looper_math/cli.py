@@ -182,7 +182,7 @@ def alias(command: str, *fixed: str) -> None:
     argv = list(sys.argv[1:])
     if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
         argv = ["--config", str(CONFIG_DIR / "abel7b.yaml"), *argv]
-    app([command, *fixed, *argv], prog_name=f"looper-math {command}")
+    app([command, *fixed, *argv], prog_name="looper-math")  # typer adds the command name to the usage line
 
 
 if __name__ == "__main__":
