@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from looper_math.config import Config, save_resolved
+from looper_math.config import Config
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.runio import DataError, check_output, clear_output, read_jsonl
+from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
-                                      launched_state, losses, save_final, train_or_finish, wait_for_all)
+                                      launched_state, losses, prepare_output, save_final, train_or_finish)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -100,12 +100,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     if init_dir is None:
         raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")
     model.config.use_cache = False
-    wait_for_all(dist)  # every rank has decided `mode` before the main one touches the output
-    if is_main(dist):
-        if mode == "overwrite":  # inputs are valid: now the old output goes
-            clear_output(out_dir)
-        save_resolved(cfg, out_dir)
-    wait_for_all(dist)  # ... and has done so before the others go on
+    prepare_output(dist, mode, out_dir, cfg)
     d = cfg.dpo
     bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"
     args = DPOConfig(

@@ -21,13 +21,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from looper_math.config import Config, save_resolved
+from looper_math.config import Config
 from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
-from looper_math.runio import check_output, clear_output
+from looper_math.runio import check_output
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
-                                      launched_state, losses, peft_lora_config, save_final, train_or_finish, wait_for_all)
+                                      launched_state, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -69,12 +69,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     configure_cuda_training()
     model = load_model(cfg, device, dtype)
     model.config.use_cache = False
-    wait_for_all(dist)  # every rank has decided `mode` before the main one touches the output
-    if is_main(dist):
-        if mode == "overwrite":  # inputs are valid: now the old output goes
-            clear_output(out_dir)
-        save_resolved(cfg, out_dir)
-    wait_for_all(dist)  # ... and has done so before the others go on
+    prepare_output(dist, mode, out_dir, cfg)
     s = cfg.sft
     bf16 = device == "cuda" and str(dtype) == "torch.bfloat16"
     args = SFTConfig(

@@ -154,6 +154,20 @@ def wait_for_all(state) -> None:
         state.wait_for_everyone()
 
 
+def prepare_output(state, mode: str, out_dir: Path, cfg) -> None:
+    """Once the inputs and model have loaded: the main process clears an --overwrite'd output and writes
+    the resolved config; every rank has decided `mode` before, and waits for it after."""
+    from looper_math.config import save_resolved
+    from looper_math.runio import clear_output
+
+    wait_for_all(state)
+    if is_main(state):
+        if mode == "overwrite":
+            clear_output(out_dir)
+        save_resolved(cfg, out_dir)
+    wait_for_all(state)
+
+
 def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
     """Write the final adapter: temp folder first, then rename file by file, train_summary.json last.
 
