@@ -40,19 +40,16 @@ def load_pairs(path: Path) -> list[dict]:
             raise DataError(f"{path}:{i}: chosen == rejected")
         pairs.append({f: row[f] for f in PAIR_FIELDS})
     if not pairs:
-        raise DataError(f"{path}: no preference pairs (nothing to train on)")
+        raise DataError(f"{path}: no preference pairs (nothing to train on): collect more rollouts or loosen "
+                        "prefs.*, then rebuild with `looper-math prefs --overwrite`")
     return pairs
 
 
 def build_dataset(cfg: Config, tokenizer, pairs: list[dict]):
     import datasets
 
-    end = chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else None
     kept, dropped = [], 0
     for p in pairs:
-        if end:  # chat models end a turn with their end-of-turn token, not the tokenizer's EOS
-            p = {**p, "chosen": p["chosen"] if p["chosen"].endswith(end) else p["chosen"] + end,
-                 "rejected": p["rejected"] if p["rejected"].endswith(end) else p["rejected"] + end}
         longest = max(len(tokenizer(p["prompt"] + p[k]).input_ids) for k in ("chosen", "rejected")) + 1
         if longest > cfg.dpo.max_length:
             dropped += 1
@@ -94,6 +91,10 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     device = resolve_device(cfg)
     dist = launched_state(device)  # under accelerate launch: this rank's process group and GPU
     tokenizer = load_tokenizer(cfg)
+    if cfg.model.prompt_format == "chat":
+        # TRL appends tokenizer.eos_token to chosen/rejected; a chat model ends its turn with the
+        # template's end-of-turn token (<|im_end|> for Qwen, whose eos_token is <|endoftext|>).
+        tokenizer.eos_token = chat_end_token(tokenizer)
     train_ds, dropped = build_dataset(cfg, tokenizer, pairs)
     configure_cuda_training()
     model, init_dir = load_model_with_adapter(cfg, init_adapter, device, trainable=True)
