@@ -20,11 +20,10 @@ import contextlib
 import gc
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
-from common import Reporter, build_model, device_info, parser, peak_gib, random_prompt, reset_peak, sync, word_tokenizer
+from common import StepClock, Reporter, build_model, device_info, parser, peak_gib, random_prompt, reset_peak, word_tokenizer
 
 
 def dataset(n: int, vocab: int, tiny: bool, seed: int = 0):
@@ -39,24 +38,6 @@ def dataset(n: int, vocab: int, tiny: bool, seed: int = 0):
              "chosen": " " + random_prompt(rng, length(60, 300), vocab),
              "rejected": " " + random_prompt(rng, length(60, 300), vocab)} for _ in range(n)]
     return Dataset.from_list(rows)
-
-
-class StepClock:
-    """TrainerCallback: wall time of the steps after the warm-up ones."""
-
-    def __init__(self, warmup: int):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class _CB(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                sync()
-                if state.global_step == warmup:
-                    clock.t0, clock.s0 = time.perf_counter(), state.global_step
-                clock.t1, clock.s1 = time.perf_counter(), state.global_step
-
-        self.callback = _CB()
 
 
 def run_setup(name: str, tiny: bool, steps: int, warmup: int, out_dir: str, **cfg) -> dict:

@@ -25,13 +25,12 @@ import gc
 import sys
 import importlib.util
 import tempfile
-import time
 
 import numpy as np
 import torch
 from common import (
-    H100_BF16_DENSE, Reporter, build_model, device_info, param_count, parser, peak_gib, random_prompt, reset_peak,
-    sync, word_tokenizer,
+    H100_BF16_DENSE, Reporter, StepClock, build_model, device_info, param_count, parser, peak_gib, random_prompt,
+    reset_peak, word_tokenizer,
 )
 
 
@@ -45,29 +44,6 @@ def dataset(n: int, vocab: int, tiny: bool, seed: int = 0):
         lc = int(rng.integers(6, 30)) if tiny else int(rng.integers(60, 301))
         rows.append({"prompt": random_prompt(rng, lp, vocab), "completion": " " + random_prompt(rng, lc, vocab)})
     return Dataset.from_list(rows)
-
-
-class StepClock:
-    """TrainerCallback: wall time and non-padding tokens after the warm-up steps."""
-
-    def __init__(self, warmup: int):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class _CB(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                sync()
-                if state.global_step == warmup:
-                    clock.t0, clock.tok0 = time.perf_counter(), state.num_input_tokens_seen
-                clock.t1, clock.tok1 = time.perf_counter(), state.num_input_tokens_seen
-
-        self.callback = _CB()
-        self.t0 = self.t1 = 0.0
-        self.tok0 = self.tok1 = 0
-
-    def tokens_per_s(self) -> float:
-        return (self.tok1 - self.tok0) / (self.t1 - self.t0)
 
 
 def run_setup(name: str, tiny: bool, steps: int, warmup: int, out_dir: str, **cfg) -> dict:

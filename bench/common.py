@@ -143,3 +143,27 @@ def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+class StepClock:
+    """TrainerCallback: wall time, steps and non-padding tokens from the end of the warm-up steps on."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                sync()
+                now = (time.perf_counter(), state.global_step, state.num_input_tokens_seen)
+                if state.global_step == warmup:
+                    clock.t0, clock.s0, clock.tok0 = now
+                clock.t1, clock.s1, clock.tok1 = now
+
+        self.callback = _CB()
+        self.t0 = self.t1 = 0.0
+        self.s0 = self.s1 = self.tok0 = self.tok1 = 0
+
+    def tokens_per_s(self) -> float:
+        return (self.tok1 - self.tok0) / (self.t1 - self.t0)
