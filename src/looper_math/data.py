@@ -139,18 +139,15 @@ def load_split(cfg, which: str) -> list[Problem]:
     """Problems for 'train' (minus dev), 'dev' (held out of train) or 'test' according to cfg.data."""
     d = cfg.data
     if which in ("train", "dev"):
-        if d.train == "builtin":
-            probs = builtin_problems(d.builtin_train_size, seed=d.seed, split="train")
-        else:
-            probs = load_problems(d.train, split=d.train_split, config=d.train_config)
+        probs = load_problems(d.train, split=d.train_split, config=d.train_config,
+                              builtin_size=d.builtin_train_size, seed=d.seed)
         train, dev = split_dev(probs, d.dev_size, d.seed)
         if which == "dev" and not dev:
             raise DataError("split 'dev' requested but data.dev_size is 0")
         return train if which == "train" else dev
     if which == "test":
-        if d.test == "builtin":
-            return builtin_problems(d.builtin_test_size, seed=d.seed + 1, split="test")
-        return load_problems(d.test, split=d.test_split, config=d.test_config)
+        return load_problems(d.test, split=d.test_split, config=d.test_config,
+                             builtin_size=d.builtin_test_size, seed=d.seed + 1)
     raise DataError(f"unknown split '{which}' (train | dev | test)")
 
 

@@ -62,12 +62,12 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
     by_status: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_status[r["cleaning_status"]].append(r)
-    strict, flexible = acc("correct_strict", rows), acc("correct_flexible", rows)
+    headline, strict, flexible = acc("correct", rows), acc("correct_strict", rows), acc("correct_flexible", rows)
     return {
         "n": n, "checkpoint": checkpoint, "model": cfg.model.name_or_path, "smoke": cfg.smoke,
         "answer_mode": cfg.eval.answer_mode, "split": cfg.eval.split,
         "data": cfg.data.test if cfg.eval.split == "test" else cfg.data.train,
-        "accuracy": acc("correct", rows)["accuracy"], "ci95": acc("correct", rows)["ci95"],
+        "accuracy": headline["accuracy"], "ci95": headline["ci95"],
         "accuracy_strict": strict["accuracy"], "ci95_strict": strict["ci95"],
         "accuracy_flexible": flexible["accuracy"], "ci95_flexible": flexible["ci95"],
         "by_cleaning_status": {s: acc("correct", rs) for s, rs in sorted(by_status.items())},

@@ -196,4 +196,5 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
 
 
 def rollouts_complete(cfg: Config) -> bool:
-    return cfg.path(cfg.rollouts.output).with_name(cfg.path(cfg.rollouts.output).stem + ".summary.json").exists()
+    out = cfg.path(cfg.rollouts.output)
+    return out.with_name(out.stem + ".summary.json").exists()
