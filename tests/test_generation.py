@@ -182,6 +182,30 @@ def test_fast_equals_hf(model, tok, attn, slots):
     assert any(r.finished for r in hf) and any(not r.finished for r in hf)
 
 
+def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatch):
+    """A decoder (its KV cache, on CUDA its graph pool) must go when a call returns, not at the next
+    gc pass: rollout rounds size the next cache from free memory, and a lingering 32 GiB cache made
+    the 512-slot benchmark run out of memory."""
+    import gc
+    import weakref
+
+    made = []
+
+    class Spy(generation.FastDecoder):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(generation, "FastDecoder", Spy)
+    gc.disable()
+    try:
+        generation._generate_fast(model, tok, mixed_requests(), max_new_tokens=5, batch_size=4, stop_strings=None,
+                                  progress=False, min_new_tokens=0, desc="t", slots=4)
+        assert made and made[0]() is None, "FastDecoder kept alive by a reference cycle"
+    finally:
+        gc.enable()
+
+
 def test_fast_with_lora_adapter_equals_hf(tok):
     from peft import LoraConfig, get_peft_model
 

@@ -418,7 +418,6 @@ class FastDecoder:
         # regional compilation: one compiled layer reused by all layers (fuses the norms, rotary and
         # residual adds that otherwise cost ~45 small kernels per layer per step)
         self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
-        self._step_fn = self._step
         self.graph = None
 
     # -- decode -------------------------------------------------------------------------------------
@@ -462,17 +461,25 @@ class FastDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
-                self._step_fn()
+                self._step()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._step_fn()
+            self._step()
+
+    def release(self) -> None:
+        """Free the KV cache and the graph's memory pool now (not at the next garbage collection):
+        a rollout round's decoder must be gone before the next round sizes and allocates its own."""
+        self.graph = None
+        self.K, self.V = [], []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def step(self) -> None:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._step_fn()
+            self._step()
 
     # -- prefill ------------------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]], reqs: list[GenRequest]) -> None:
@@ -618,6 +625,7 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
                 dec.step()
     finally:
         bar.close()
+        dec.release()
     return results  # type: ignore[return-value]
 
 
