@@ -221,3 +221,22 @@ def test_sft_and_dpo_under_accelerate_launch_two_processes(smoke_cfg):
         ckpt = out / "trainer" / f"checkpoint-{summary['steps']}"
         assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists(), sorted(os.listdir(ckpt))
         assert p.stdout.count(f"{phase}: ") == 1  # the final line is printed by the main process only
+
+
+def test_every_rank_asking_for_the_tiny_model_at_once_gets_one_model(tmp_path, tiny_model_dir):
+    """Under `accelerate launch` each rank loads the embedded default at the same time: one builds it
+    (in a child process free of the launcher's environment), the others wait, nothing is left behind;
+    and it is the same model a single process builds."""
+    code = "import sys; from looper_math.modeling import ensure_tiny_model; ensure_tiny_model(sys.argv[1])"
+    target = tmp_path / "run" / "tiny_model"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                                  MASTER_PORT="29512"))
+             for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(p.name for p in target.parent.iterdir()) == [".tiny_model.lock", "tiny_model"]
+    from safetensors.torch import load_file
+
+    got, want = load_file(target / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)

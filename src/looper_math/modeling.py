@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -76,12 +78,47 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
                          tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     _pretrain_tiny(model, hf_tok, seed)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    # one temp dir per process: under `accelerate launch` every rank may build it at once (the build is
+    # deterministic); the first to finish publishes it, the others discard their copy
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     hf_tok.save_pretrained(tmp)
-    from looper_math.runio import replace_dir
+    try:
+        os.rename(tmp, out_dir)  # atomic; fails if another process published first
+    except OSError:
+        if not (out_dir / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
-    replace_dir(tmp, out_dir)
+
+def ensure_tiny_model(out_dir: Path) -> Path:
+    """build_tiny_model, once per directory even when several processes ask at the same time (every
+    rank of `accelerate launch` does): a file lock serializes them and the first one builds. Under a
+    launcher the build runs in a child process without the launcher's environment, so its small
+    pretraining Trainer is a plain one-process CPU run, the same model as without a launcher."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from looper_math.runio import launcher_rank
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+            return out_dir
+        if launcher_rank() is None:
+            return build_tiny_model(out_dir)
+        launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                         "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        env = {k: v for k, v in os.environ.items()
+               if k not in launcher_vars and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))}
+        code = "import sys; from looper_math.modeling import build_tiny_model; build_tiny_model(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, str(out_dir)], env=env, check=True)
     return out_dir
 
 
@@ -133,7 +170,7 @@ def _source(cfg) -> tuple[str, dict]:
     """(path, from_pretrained kwargs shared by model and tokenizer); builds the tiny model if asked."""
     path = base_path(cfg)
     if cfg.model.name_or_path == "tiny":
-        build_tiny_model(Path(path))
+        ensure_tiny_model(Path(path))
     _check_local(path)
     kwargs = {"trust_remote_code": cfg.model.trust_remote_code, "revision": cfg.model.revision}
     if cfg.model.gguf_file:
