@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=200)
     p.add_argument("--new", type=int, default=None, help="forced new tokens (default 256; --quick 128)")
     p.add_argument("--baseline-batch", type=int, default=64)
-    p.add_argument("--slots", default=None, help="comma list (default 128,256,512; --quick 256,512)")
+    p.add_argument("--slots", default=None, help="comma list (default 128,256,384,512; --quick 256,512)")
     p.add_argument("--no-variants", action="store_true", help="skip the bmm / compile variants")
     args = p.parse_args()
     report = Reporter("decode", args.out)
@@ -44,7 +44,7 @@ def main() -> None:
     new = args.new or (16 if tiny else 128 if args.quick else 256)
     prompt_len = 12 if tiny else args.prompt_len
     base_batch = 4 if tiny else args.baseline_batch
-    slots_list = [int(s) for s in (args.slots or ("4,8" if tiny else "256,512" if args.quick else "128,256,512")).split(",")]
+    slots_list = [int(s) for s in (args.slots or ("4,8" if tiny else "256,512" if args.quick else "128,256,384,512")).split(",")]
 
     model = build_model(tiny)
     tok = word_tokenizer(model.config.vocab_size)

@@ -120,10 +120,12 @@ def main() -> None:
     def attempt(name, cfg, tmp):
         try:
             rows[name] = report("sft", **run_setup(name, args.tiny, steps, warmup, tmp, **dict(cfg)))
-        except torch.OutOfMemoryError as e:
-            rows[name] = report("sft", setup=name, error=f"OOM: {str(e)[:120]}")
+        except Exception as e:  # an OOM (the memory check) or a setup this stack cannot run: report, go on
+            kind = "OOM" if isinstance(e, torch.OutOfMemoryError) else type(e).__name__
+            rows[name] = report("sft", setup=name, seq=cfg.get("seq", 512), error=f"{kind}: {str(e)[:160]}")
             gc.collect()
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for name, cfg in setups.items():
