@@ -6,7 +6,8 @@
 #
 #   OUT=... bash bench/multigpu.sh [--set key=value ...]     # GPU machine, model converted at /root/m/qwen05
 #   OUT=... CFG=... ACCEL="--multi_gpu --mixed_precision no" bash bench/multigpu.sh --set ...   # CPU smoke test
-# Env: CFG (configs/qwen05_gpu.yaml), STEPS (60), LIMIT (160 questions x k), R (runs/multigpu),
+# Env: CFG (configs/qwen05_gpu.yaml), STEPS (60), LIMIT (160 questions x k), R (runs/multigpu), B1/B2 (per-GPU
+# batch on 1 / 2 GPUs, 16/8),
 # ACCEL (accelerate launch arguments, default the DDP config). Writes $OUT/multigpu.json (bench/multigpu_report.py).
 set -uo pipefail
 OUT="${OUT:?set OUT}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; STEPS="${STEPS:-60}"; LIMIT="${LIMIT:-160}"
@@ -24,8 +25,8 @@ step() {  # name, command... : wall seconds of each step go to multigpu_steps.js
   echo "=== $name rc=$rc in ${s}s"; return $rc
 }
 SFT=(--set sft.max_steps="$STEPS" --set sft.logging_steps=5 --set sft.save_steps=100000)
-step sft_1gpu env CUDA_VISIBLE_DEVICES=0 $L sft -c "$CFG" --set run_dir="$R/gpu1" --set sft.batch_size=16 --set sft.grad_accum=1 "${SFT[@]}" "$@" || exit 1
-step sft_2gpu $LAUNCH sft -c "$CFG" --set run_dir="$R/gpu2" --set sft.batch_size=8 --set sft.grad_accum=1 "${SFT[@]}" "$@" || exit 1
+step sft_1gpu env CUDA_VISIBLE_DEVICES=0 $L sft -c "$CFG" --set run_dir="$R/gpu1" --set sft.batch_size="${B1:-16}" --set sft.grad_accum=1 "${SFT[@]}" "$@" || exit 1
+step sft_2gpu $LAUNCH sft -c "$CFG" --set run_dir="$R/gpu2" --set sft.batch_size="${B2:-8}" --set sft.grad_accum=1 "${SFT[@]}" "$@" || exit 1
 RO=(--set run_dir="$R/gpu1" --set rollouts.limit="$LIMIT")
 step rollouts_1gpu env CUDA_VISIBLE_DEVICES=0 $L rollouts -c "$CFG" "${RO[@]}" --set rollouts.output=data/rollouts_1gpu.jsonl "$@" || exit 1
 step rollouts_2gpu $LAUNCH rollouts -c "$CFG" "${RO[@]}" --set rollouts.output=data/rollouts_2gpu.jsonl "$@" || exit 1
