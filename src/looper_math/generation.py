@@ -316,7 +316,8 @@ def _generate_hf(model, tokenizer, requests, *, max_new_tokens, batch_size, stop
 # Fast engine: slot-based continuous batching over a static KV cache, decode step in one CUDA graph
 
 FAST_SUPPORTED = ("llama", "mistral", "qwen2")
-FAST_MAX_SLOTS = 256  # sequences decoded together on CUDA (bench/bench_decode.py --slots sweeps it)
+FAST_MAX_SLOTS = 512  # sequences decoded together on CUDA; 7B shape on an H100: 128/256/384/512 slots gave
+# 7.0k/9.5k/10.4k/11.0k tok/s (bench/bench_decode.py, bench/RESULTS.md)
 FAST_CHECK_EVERY = 16  # decode steps between host syncs (finished rows, stop strings, refills)
 FAST_PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward
 FAST_ATTN = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from looper_math.config import Config
+from looper_math.config import Config, ConfigError
 from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
@@ -62,6 +62,13 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         print(f"sft: {out_dir} is complete; nothing to do")
         return {"skipped": True, "output_dir": str(out_dir)}
     device = resolve_device(cfg)
+    if cfg.sft.use_liger_kernel:
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("sft.use_liger_kernel: liger-kernel is not installed (pip install -e \".[fast]\")")
+        if device != "cuda":
+            raise ConfigError(f"sft.use_liger_kernel: Liger kernels need a CUDA GPU, this run is on {device}")
     dist = launched_state(device)  # under accelerate launch: this rank's process group and GPU
     dtype = resolve_dtype(cfg, device)
     tokenizer = load_tokenizer(cfg)
