@@ -22,7 +22,7 @@ from pathlib import Path
 from looper_math.config import Config
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main, last_checkpoint,
                                       launched_state, losses, prepare_output, save_final, train_or_finish)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -116,7 +116,8 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every trainable LoRA weight gets a gradient
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs()])
+    meter = Throughput()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
     if ckpt:
         print(f"dpo: resuming from {ckpt}")
@@ -128,12 +129,17 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     if "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")
     hist = trainer.state.log_history
+    pairs_per_step = d.batch_size * d.grad_accum * trainer.args.world_size
+    steady = meter.steady()
+    if "steady_seconds_per_step" in steady:
+        steady["steady_pairs_per_s"] = round(pairs_per_step / steady["steady_seconds_per_step"], 2)
     summary = {
         "phase": "dpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
         "pairs": len(train_ds), "dropped_too_long": dropped, "steps": trainer.state.global_step,
         "train_loss": train_loss, "losses": losses(hist), "seconds": round(seconds, 2),
         "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / seconds, 2) if d.max_steps < 0 else
-        round(trainer.state.global_step * d.batch_size * d.grad_accum / seconds, 2),
+        round(trainer.state.global_step * pairs_per_step / seconds, 2),
+        "processes": trainer.args.world_size, **steady,
         "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)

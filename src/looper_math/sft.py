@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, configure_cuda_training, is_complete, is_main, last_checkpoint,
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main, last_checkpoint,
                                       launched_state, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
 
 
@@ -94,8 +94,9 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every LoRA weight gets a gradient
     )
+    meter = Throughput()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs()])
+                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
     ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
     if ckpt:
         print(f"sft: resuming from {ckpt}")
@@ -108,6 +109,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
         "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
+        "processes": trainer.args.world_size, **meter.steady(),
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):

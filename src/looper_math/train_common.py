@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,32 @@ class NonFiniteGuard(TrainerCallback):
             v = (logs or {}).get(key)
             if isinstance(v, float) and not math.isfinite(v):
                 raise NonFiniteLossError(f"non-finite {key}={v} at step {state.global_step}; training stopped, no adapter saved")
+
+
+class Throughput(TrainerCallback):
+    """Wall time and input tokens at every optimizer step, for a steady-state rate that leaves out the
+    first steps (kernel selection, allocator growth, NCCL set-up under a launcher): what a long run gets.
+    Under `accelerate launch` the Trainer counts the tokens of all processes."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, int, int]] = []  # (time, step, tokens seen)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.marks.append((time.perf_counter(), state.global_step, state.num_input_tokens_seen))
+
+    def steady(self) -> dict:
+        """Rates over the steps after the first 20 % (at least 2 steps skipped); {} if too few steps."""
+        skip = max(2, len(self.marks) // 5)
+        if len(self.marks) - skip < 2:
+            return {}
+        (t0, s0, n0), (t1, s1, n1) = self.marks[skip - 1], self.marks[-1]
+        dt = t1 - t0
+        out = {"steady_steps": s1 - s0, "steady_seconds_per_step": round(dt / (s1 - s0), 4)}
+        if n1 > n0:
+            out["steady_tokens_per_s"] = round((n1 - n0) / dt, 1)
+        return out
 
 
 def configure_cuda_training() -> None:
