@@ -310,3 +310,17 @@ def test_compute_reward():
     assert compute_reward(True, 0.0, 200, 1.0, 0.5, 0.0005) > compute_reward(False, 1.0, 200, 1.0, 0.5, 0.0005)
     with pytest.raises(ValueError):
         compute_reward(True, 1.5, 10, 1.0, 0.5, 0.0005)
+
+
+def test_answer_mode_flexible_scores_chat_style_answers_like_the_rollouts_grade_them():
+    """A chat model that ends with "The answer is 10." instead of "#### 10": with the rollouts'
+    flexible answer mode, s_end sees the agreement that strict extraction misses."""
+    chat = [t.replace("#### ", "The answer is ") + "." for t in (RIGHT, RIGHT_COMMUTED, BAD_ARITH)]
+    strict = score_group(Q, chat, reference=REF)
+    flexible = score_group(Q, chat, reference=REF, answer_mode="flexible")
+    assert [r["answer"] for r in strict] == [None, None, None]
+    assert [r["s_end"] for r in strict] == [0.0, 0.0, 0.0]
+    assert [r["answer"] for r in flexible] == ["10", "10", "11"]
+    assert [r["s_end"] for r in flexible] == [0.5, 0.5, 0.0]
+    # the same group written with "####" scores identically in either mode
+    assert score_group(Q, GROUP, reference=REF, answer_mode="flexible") == score_group(Q, GROUP, reference=REF)

@@ -165,7 +165,8 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     group[idx] = res.text
                 order = sorted(group)
                 scores = dict(zip(order, score_group(p.question, [group[i] for i in order], p.answer, weights,
-                                                     w.cf_perturbations, seed=stable_seed(r.seed, qid) % (2**32))))
+                                                     w.cf_perturbations, seed=stable_seed(r.seed, qid) % (2**32),
+                                                     answer_mode=cfg.eval.answer_mode)))
                 eval_prompt = build_prompt(tokenizer, fmt, p.question)
                 for _, idx, arm, seed, req, res in items:
                     sc = score_row(res.text, p.gold, cfg.eval.answer_mode)

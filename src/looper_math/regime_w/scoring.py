@@ -1,8 +1,9 @@
 """Regime W scores of one question's trajectory group: s_end, s_path, s_cf and their blend s_wm.
 
 Entry point: ``score_group(question, trajectories, reference=None, weights=(0.4, 0.3, 0.3),
-cf_perturbations=3, seed=0)`` returns one dict per trajectory with ``answer`` (strict ``#### N``
-extraction from ``looper_math.answers``, normalized, or None), ``s_end``, ``s_path``, ``s_cf``,
+cf_perturbations=3, seed=0, answer_mode="strict")`` returns one dict per trajectory with ``answer``
+(``looper_math.answers.extract_answer`` in ``answer_mode``: strict ``#### N``, or flexible, the mode
+the rollouts grade correctness with; normalized, or None), ``s_end``, ``s_path``, ``s_cf``,
 ``s_wm`` (each a float in [0, 1]) and the parts behind them (``n_steps``, ``path_validity``,
 ``path_grounding``, ``path_peers``, ``cf_source``). Every score is a pure function of the arguments:
 no global state, no wall clock, perturbations drawn from a generator seeded by a blake2b hash of
@@ -390,6 +391,7 @@ def score_group(
     weights: tuple[float, float, float] = (0.4, 0.3, 0.3),
     cf_perturbations: int = 3,
     seed: int = 0,
+    answer_mode: str = "strict",
 ) -> list[dict]:
     """Score one question's trajectories (see the module docstring for every definition)."""
     if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -399,7 +401,7 @@ def score_group(
     w_end, w_path, w_cf = (w / sum(weights) for w in weights)
     n = len(trajectories)
     qnums = question_numbers(question)
-    answers = [extract_answer(t, mode="strict") for t in trajectories]
+    answers = [extract_answer(t, mode=answer_mode) for t in trajectories]
     steps = [extract_steps(t) for t in trajectories]
     refs = [_refs(s, qnums) for s in steps]
     programs = [_compile(s, r, a, qnums) for s, r, a in zip(steps, refs, answers)]
