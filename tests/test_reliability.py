@@ -653,3 +653,37 @@ def test_nonfinite_config_stops_dpo_without_saving_adapter(dpo_setup, tmp_path, 
     assert err.startswith("error: non-finite") and "no adapter saved" in err, err
     assert not (out / "train_summary.json").exists()
     assert not list(out.rglob("adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES])
+def test_full_disk_or_no_permission_is_one_line_exit_2(tmp_path, monkeypatch, err):
+    """What the user must fix outside the tool (space, permissions) is reported like bad input: one
+    line naming the file, exit 2, no traceback; other OS errors still raise."""
+    from typer.testing import CliRunner
+
+    import looper_math.compare as compare_mod
+    from looper_math.cli import app
+
+    def boom(*a, **k):
+        raise OSError(err, os.strerror(err), str(tmp_path / "outputs" / "x.jsonl"))
+
+    monkeypatch.setattr(compare_mod, "compare", boom)
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "x.jsonl" in lines[0], lines
+    assert os.strerror(err) in lines[0] and "Traceback" not in result.output
+
+
+def test_other_os_errors_are_not_disguised(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import looper_math.compare as compare_mod
+    from looper_math.cli import app
+
+    def boom(*a, **k):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(compare_mod, "compare", boom)
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    assert isinstance(result.exception, OSError) and result.exception.errno == errno.EIO

@@ -8,6 +8,7 @@ defaults to ``configs/abel7b.yaml``. Errors the user can fix print one line and 
 
 from __future__ import annotations
 
+import errno
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -44,11 +45,21 @@ def _load(config: Path | None, overrides: list[str] | None):
     return cfg
 
 
+# OS errors a user fixes (free space, permissions), reported in one line like bad input
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except OSError as e:
+        if e.errno not in _ENV_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; finished files are kept, rerun with --resume once fixed", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
