@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU benchmarks in sequence (~7 minutes on one H100), each under its own timeout; stdout and
+# All GPU benchmarks in sequence (~11 minutes on one H100; bench/speed_gpu2.sh splits them over 2 GPUs), each under its own timeout; stdout and
 # stderr of every step are teed to $OUT, the JSON lines also land in $OUT/<bench>.jsonl.
 #
 #   OUT=/tmp/bench_out bash bench/run_all.sh            # on the GPU machine, from the repo root
@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 step gpu_test 90  python -m pytest tests/test_gpu_engine.py -m gpu -q -p no:cacheprovider
 step decode   240 python bench/bench_decode.py $QUICK --out "$OUT"
 step eval     150 python bench/bench_eval.py $QUICK --out "$OUT"
-step sft      120 python bench/bench_sft.py $QUICK --out "$OUT"
+step sft      420 python bench/bench_sft.py $QUICK --out "$OUT"
 step dpo      100 python bench/bench_dpo.py $QUICK --out "$OUT"
 grep -h '"figure": "summary"' "$OUT"/*.jsonl | tee "$OUT/summary.jsonl"
 exit $status
