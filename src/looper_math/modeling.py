@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -78,23 +77,19 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
                          tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     _pretrain_tiny(model, hf_tok, seed)
-    # one temp dir per process: under `accelerate launch` every rank may build it at once (the build is
-    # deterministic); the first to finish publishes it, the others discard their copy
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     hf_tok.save_pretrained(tmp)
-    try:
-        os.rename(tmp, out_dir)  # atomic; fails if another process published first
-    except OSError:
-        if not (out_dir / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    from looper_math.runio import replace_dir
+
+    replace_dir(tmp, out_dir)
     return out_dir
 
 
 def ensure_tiny_model(out_dir: Path) -> Path:
     """build_tiny_model, once per directory even when several processes ask at the same time (every
-    rank of `accelerate launch` does): a file lock serializes them and the first one builds. Under a
+    rank of `accelerate launch` does; they used to build into the same temp folder and crash): a file
+    lock serializes them and the first one builds. Under a
     launcher the build runs in a child process without the launcher's environment, so its small
     pretraining Trainer is a plain one-process CPU run, the same model as without a launcher."""
     import fcntl
