@@ -23,7 +23,7 @@ import gc
 import numpy as np
 import torch
 from common import (
-    H100_BW, Reporter, Timer, build_model, device_info, kv_bytes_per_token, param_count, parser, peak_gib,
+    H100_BW, Reporter, Timer, build_model, device_info, free_memory, kv_bytes_per_token, param_count, parser, peak_gib,
     random_prompt, reset_peak, word_tokenizer,
 )
 
@@ -102,9 +102,7 @@ def main() -> None:
                    decode_share_of_roofline=round(decode_tps / roofline(slots, mean_ctx), 4),
                    decode_share_of_roofline_static=round(decode_tps / roofline(slots, cache_len), 4),
                    peak_gib=peak_gib(), **{k: v for k, v in fast_kw.items()})
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
         return report(label, **row)
 
     best = None

@@ -17,13 +17,12 @@ TRL 1.16's DPO ``padding_free`` is disabled upstream (it warns and pads), so it 
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import tempfile
 
 import numpy as np
 import torch
-from common import StepClock, Reporter, build_model, device_info, parser, peak_gib, random_prompt, reset_peak, word_tokenizer
+from common import StepClock, Reporter, build_model, device_info, free_memory, parser, peak_gib, random_prompt, reset_peak, word_tokenizer
 
 
 def dataset(n: int, vocab: int, tiny: bool, seed: int = 0):
@@ -65,9 +64,7 @@ def run_setup(name: str, tiny: bool, steps: int, warmup: int, out_dir: str, **cf
     row = dict(setup=name, batch=batch, pairs_per_s=round(pairs_s, 2), peak_gib=peak_gib(),
                timed_steps=clock.s1 - clock.s0, **{k: v for k, v in cfg.items()})
     del trainer, model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
     return row
 
 
@@ -93,8 +90,7 @@ def main() -> None:
                 rows[name] = report("dpo", **run_setup(name, args.tiny, steps, warmup, tmp, **dict(cfg)))
             except torch.OutOfMemoryError as e:
                 report("dpo", setup=name, error=f"OOM: {str(e)[:120]}")
-                gc.collect()
-                torch.cuda.empty_cache()
+                free_memory()
     ok = {k: v for k, v in rows.items() if "pairs_per_s" in v}
     best = max(ok, key=lambda k: ok[k]["pairs_per_s"])
     report("summary", baseline="plain", plain_pairs_per_s=ok["plain"]["pairs_per_s"], best=best,

@@ -25,7 +25,6 @@ backward skips the frozen weights' gradients, so the hardware does ~2/3 of that)
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import importlib.util
 import tempfile
@@ -33,7 +32,7 @@ import tempfile
 import numpy as np
 import torch
 from common import (
-    H100_BF16_DENSE, Reporter, StepClock, build_model, device_info, param_count, parser, peak_gib, random_prompt,
+    H100_BF16_DENSE, Reporter, StepClock, build_model, device_info, free_memory, param_count, parser, peak_gib, random_prompt,
     reset_peak, word_tokenizer,
 )
 
@@ -83,9 +82,7 @@ def run_setup(name: str, tiny: bool, steps: int, warmup: int, out_dir: str, **cf
                tflop_s=round(tflops, 1), mfu=round(tflops * 1e12 / H100_BF16_DENSE, 3),
                timed_steps=steps - warmup, **{k: v for k, v in cfg.items()})
     del trainer, model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
     return row
 
 
@@ -139,9 +136,7 @@ def main() -> None:
         except Exception as e:  # an OOM (the memory check) or a setup this stack cannot run: report, go on
             kind = "OOM" if isinstance(e, torch.OutOfMemoryError) else type(e).__name__
             rows[name] = report("sft", setup=name, seq=cfg.get("seq", 512), error=f"{kind}: {str(e)[:160]}")
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_memory()
 
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for name, cfg in setups.items():

@@ -139,6 +139,15 @@ def peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
+def free_memory() -> None:
+    """Drop what the last setup left (cycles first, then the allocator's cached blocks)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
