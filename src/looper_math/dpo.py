@@ -22,7 +22,7 @@ from pathlib import Path
 from looper_math.config import Config
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main, last_checkpoint,
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
                                       launched_state, losses, prepare_output, save_final, train_or_finish)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -48,13 +48,10 @@ def load_pairs(path: Path) -> list[dict]:
 def build_dataset(cfg: Config, tokenizer, pairs: list[dict]):
     import datasets
 
-    kept, dropped = [], 0
-    for p in pairs:
-        longest = max(len(tokenizer(p["prompt"] + p[k]).input_ids) for k in ("chosen", "rejected")) + 1
-        if longest > cfg.dpo.max_length:
-            dropped += 1
-            continue
-        kept.append(p)
+    def longest(p: dict) -> int:  # the longer of prompt+chosen and prompt+rejected, + 1 for the EOS
+        return max(len(tokenizer(p["prompt"] + p[k]).input_ids) for k in ("chosen", "rejected")) + 1
+
+    kept, dropped = drop_too_long(pairs, longest, cfg.dpo.max_length)
     if not kept:
         raise DataError(f"dpo: no pair fits dpo.max_length={cfg.dpo.max_length}")
     return datasets.Dataset.from_list(kept), dropped

@@ -26,7 +26,7 @@ from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.runio import check_output
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main, last_checkpoint,
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
                                       launched_state, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
 
 
@@ -38,16 +38,15 @@ def build_dataset(cfg: Config, tokenizer):
         problems = problems[: cfg.sft.limit]
     fmt = cfg.model.prompt_format
     rows = [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
-    kept, dropped = [], 0
-    for r in rows:
+
+    def length(r: dict) -> int:  # tokens of the full example, + 1 for the EOS appended in training
         if fmt == "chat":
             text = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
         else:
             text = r["prompt"] + r["completion"]
-        if len(tokenizer(text).input_ids) + 1 > cfg.sft.max_length:
-            dropped += 1
-            continue
-        kept.append(r)
+        return len(tokenizer(text).input_ids) + 1
+
+    kept, dropped = drop_too_long(rows, length, cfg.sft.max_length)
     if not kept:
         raise ValueError(f"sft: no training example fits sft.max_length={cfg.sft.max_length}")
     return datasets.Dataset.from_list(kept), dropped

@@ -77,6 +77,13 @@ class Throughput(TrainerCallback):
         return out
 
 
+def drop_too_long(items: list, length, max_length: int) -> tuple[list, int]:
+    """(the items whose ``length(item)`` fits ``max_length``, how many were dropped). SFT and DPO drop
+    and count over-long examples rather than truncate them (a cut would lose the answer and the EOS)."""
+    kept = [x for x in items if length(x) <= max_length]
+    return kept, len(items) - len(kept)
+
+
 def configure_cuda_training() -> None:
     """Disable PyTorch's cuDNN SDPA backend for training.
 
