@@ -81,6 +81,9 @@ class SFTConfig:
     save_total_limit: int = _f(2, "Keep at most N intermediate checkpoints.")
     seed: int = _f(42, "Training seed.")
     limit: int | None = _f(None, "Use only the first N training examples (after the dev split).")
+    data: str = _f("gold", "Training targets: gold (GSM8K reference solutions) | rft (rejection sampling: the model's own correct, finished trajectories from sft.rft_rollouts) | gold+rft.")
+    rft_rollouts: str = _f("data/rollouts_base.jsonl", "Rollouts file the rft data come from; `looper-math run` writes it first (base model, rollouts.* settings, no adapter).")
+    rft_per_question: int = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
 
 
 @dataclass
@@ -109,6 +112,10 @@ class RolloutsConfig:
     questions_per_round: int = _f(32, "Questions per bandit update.")
     limit: int | None = _f(None, "Only the first N questions.")
     seed: int = _f(0, "Base seed; each sample's seed derives from (seed, question_id, sample_idx).")
+    eval_prompt_share: float = _f(0.0, "Share of each question's k samples drawn under the plain evaluation prompt (arm 'eval_prompt', on-policy for pairs and RFT); the bandit spreads the rest over the Regime W arms. 1.0 = all.")
+    temperature: float = _f(0.8, "Sampling temperature of the evaluation-prompt samples (arms carry their own).")
+    top_p: float = _f(1.0, "Top-p of the evaluation-prompt samples (1.0 samples the full distribution, the fastest path).")
+    score_workers: int = _f(0, "Processes scoring a round's groups (Regime W); 0 = one per spare core, at most 8; 1 = in this process.")
 
 
 @dataclass
@@ -153,6 +160,7 @@ class EvalConfig:
     batch_size: int = _f(64, "Questions per generation batch.")
     limit: int | None = _f(None, "Only the first N questions.")
     engine: str = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
+    merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
     answer_mode: str = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
 
 

@@ -92,7 +92,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
         problems = problems[: cfg.eval.limit]
     problems = take_shard(problems, sh)
     tokenizer = load_tokenizer(cfg)
-    model, adapter_dir = load_model_with_adapter(cfg, adapter)
+    model, adapter_dir = load_model_with_adapter(cfg, adapter, merge=cfg.eval.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
     fmt = cfg.model.prompt_format

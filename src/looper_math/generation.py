@@ -124,21 +124,33 @@ def sample_rows(
     temperature: torch.Tensor,
     top_p: torch.Tensor,
     greedy: torch.Tensor,
+    truncate: bool = True,
 ) -> torch.Tensor:
     """Inverse-CDF sampling per row; returns token ids [B].
 
     scores [B, V] float32 (already processed, e.g. -inf on a blocked EOS); uniforms [B] in [0, 1);
-    temperature / top_p [B]; greedy [B] bool (those rows take the argmax). Top-p keeps the smallest
-    prefix of the sorted distribution whose mass reaches top_p (as transformers' TopPLogitsWarper)."""
+    temperature / top_p [B]; greedy [B] bool (those rows take the argmax). Rows with top_p < 1 keep the
+    smallest prefix of the sorted distribution whose mass reaches top_p (as transformers'
+    TopPLogitsWarper) and invert the CDF in sorted order. Rows with top_p >= 1 invert the CDF in
+    vocabulary order: the same distribution without sorting the vocabulary, which at a 152k vocabulary
+    and thousands of rows costs more than the rest of a small model's decode step. Which path a row
+    takes depends on its own top_p only, so its token never depends on the other rows of its batch.
+    ``truncate=False`` (the caller knows no row has top_p < 1) skips the sorted path entirely."""
     t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    sorted_logits, sorted_idx = torch.sort(scores / t[:, None], dim=-1, descending=True, stable=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    cum = probs.cumsum(-1)
-    probs = probs * ((cum - probs) < top_p[:, None])
-    cum = probs.cumsum(-1)
-    target = (uniforms * cum[:, -1])[:, None]
-    j = torch.searchsorted(cum, target, right=True).clamp_(max=scores.shape[-1] - 1)
-    sampled = sorted_idx.gather(1, j).squeeze(1)
+    scaled = scores / t[:, None]
+    u = uniforms[:, None]
+    vocab = scores.shape[-1]
+    cum = torch.softmax(scaled, dim=-1).cumsum(-1)
+    plain = torch.searchsorted(cum, u * cum[:, -1:], right=True).clamp_(max=vocab - 1).squeeze(1)
+    sampled = plain
+    if truncate:
+        sorted_logits, sorted_idx = torch.sort(scaled, dim=-1, descending=True, stable=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        cum = probs.cumsum(-1)
+        probs = probs * ((cum - probs) < top_p[:, None])
+        cum = probs.cumsum(-1)
+        j = torch.searchsorted(cum, u * cum[:, -1:], right=True).clamp_(max=vocab - 1)
+        sampled = torch.where(top_p < 1, sorted_idx.gather(1, j).squeeze(1), plain)
     return torch.where(greedy, scores.argmax(-1), sampled)
 
 
@@ -152,10 +164,11 @@ class PerRowSampler(LogitsProcessor):
         self.temperature = torch.tensor([float(r.temperature) for r in requests], device=device)
         self.top_p = torch.tensor([float(r.top_p) for r in requests], device=device)
         self.greedy = self.temperature <= 0
+        self.truncate = bool((self.top_p < 1).any())
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
-        tok = sample_rows(scores.float(), self.uniforms[:, step], self.temperature, self.top_p, self.greedy)
+        tok = sample_rows(scores.float(), self.uniforms[:, step], self.temperature, self.top_p, self.greedy, self.truncate)
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, tok[:, None], 0.0)
         # greedy rows keep their exact logits so they match plain greedy generate bit for bit
@@ -316,8 +329,10 @@ def _generate_hf(model, tokenizer, requests, *, max_new_tokens, batch_size, stop
 # Fast engine: slot-based continuous batching over a static KV cache, decode step in one CUDA graph
 
 FAST_SUPPORTED = ("llama", "mistral", "qwen2")
-FAST_MAX_SLOTS = 512  # sequences decoded together on CUDA; 7B shape on an H100: 128/256/384/512 slots gave
-# 7.0k/9.5k/10.4k/11.0k tok/s (bench/bench_decode.py, bench/RESULTS.md)
+FAST_MAX_SLOTS = 2048  # upper bound on sequences decoded together on CUDA; the KV cache must also fit in
+# half the free memory (_fast_slots). 7B shape on an H100: 128/256/384/512 slots gave 7.0k/9.5k/10.4k/11.0k
+# tok/s (bench/bench_decode.py, bench/RESULTS.md), and memory caps it near 512 there; a 0.5B model's
+# step costs about the same at 2,048 slots as at 512, so small models get the large batches.
 FAST_CHECK_EVERY = 16  # decode steps between host syncs (finished rows, stop strings, refills)
 FAST_PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward
 FAST_ATTN = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
@@ -373,7 +388,8 @@ class FastDecoder:
     """
 
     def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
-                 eos: list[int], pad: int, sampled: bool, attn: str = FAST_ATTN, compile: bool = FAST_COMPILE):
+                 eos: list[int], pad: int, sampled: bool, attn: str = FAST_ATTN, compile: bool = FAST_COMPILE,
+                 truncate: bool = True):
         from peft import PeftModel
 
         causal = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -397,7 +413,7 @@ class FastDecoder:
         self.attend = {"sdpa": _attend_sdpa, "bmm": _attend_bmm}[attn]
         B, L, dev = slots, cache_len, self.device
         self.slots, self.cache_len = B, L
-        self.max_new, self.min_new, self.sampled = max_new_tokens, min_new_tokens, sampled
+        self.max_new, self.min_new, self.sampled, self.truncate = max_new_tokens, min_new_tokens, sampled, truncate
         self.K = [torch.zeros(B, self.kv_heads, L, self.head_dim, dtype=dtype, device=dev) for _ in self.decoder.layers]
         self.V = [torch.zeros_like(k) for k in self.K]
         self.eos = torch.tensor(eos, device=dev)
@@ -437,7 +453,7 @@ class FastDecoder:
             logits = logits.masked_fill((count < self.min_new)[:, None] & self.eos_cols[None, :], float("-inf"))
         u = rows_u.gather(1, count.clamp(max=self.max_new - 1)[:, None]).squeeze(1)
         if self.sampled:
-            return sample_rows(logits, u, rows_t, rows_p, rows_greedy)
+            return sample_rows(logits, u, rows_t, rows_p, rows_greedy, self.truncate)
         return logits.argmax(-1)
 
     def _step(self) -> None:
@@ -556,7 +572,8 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
     n_slots = slots or _fast_slots(model, batch_size, cache_len, len(requests))
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad,
-                      sampled=any(r.temperature > 0 for r in requests), attn=attn, compile=compile)
+                      sampled=any(r.temperature > 0 for r in requests), attn=attn, compile=compile,
+                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests))
     dec.capture()
     # longest first, identical prompts adjacent so a refill prefills them once
     queue = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
@@ -598,13 +615,13 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
         hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
         freed, by_stop = False, []
         for s in range(n_slots):
-            if owner[s] is None:
+            if owner[s] is None or (active[s] and not stop_strings):
                 continue
             toks = out[s, : count[s]].tolist()
             if not active[s]:
                 finalize(s, toks, hit_eos[s])
                 freed = True
-            elif stop_strings:
+            else:
                 if has_stop(toks[max(0, checked[s] - margin) :]):
                     finalize(s, toks, False)
                     by_stop.append(s)

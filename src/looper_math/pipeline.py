@@ -1,6 +1,7 @@
 """``looper-math run``: the five phases from one config, like the original README's runbook.
 
-SFT -> eval (base, SFT) -> [rollouts -> pairs -> DPO -> eval] x rounds -> compare SFT vs DPO -> report.
+[rollouts from the base model, when sft.data uses rft] -> SFT -> eval (base, SFT) -> [rollouts -> pairs -> DPO
+-> eval] x rounds -> compare SFT vs DPO -> report.
 Without ``--overwrite`` the run continues: complete phases are skipped (a training phase is complete
 once its ``train_summary.json`` exists, an eval or rollouts phase once its summary exists, pairs once
 the file exists) and partial ones resume. Round r > 1 samples from round r-1's DPO adapter and
@@ -35,6 +36,14 @@ def round_config(cfg: Config, r: int) -> Config:
         prev = str(cfg.path(_suffixed(cfg.dpo.output_dir, r - 1)))
         c.rollouts.adapter = prev
         c.dpo.init_adapter = prev
+    return c
+
+
+def rft_rollouts_config(cfg: Config) -> Config:
+    """The rollouts that feed rejection-sampling SFT (sft.data rft / gold+rft): the base model, no adapter."""
+    c = copy.deepcopy(cfg)
+    c.rollouts.adapter = "none"
+    c.rollouts.output = cfg.sft.rft_rollouts
     return c
 
 
@@ -76,6 +85,10 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False) -> di
         fn()
         done.append(name)
 
+    if "rft" in cfg.sft.data.split("+"):
+        c0 = rft_rollouts_config(cfg)
+        phase("phase 2: rollouts from the base model (RFT data for SFT)", rollouts_complete(c0),
+              lambda: collect_rollouts(c0, resume=resume, overwrite=overwrite))
     phase("phase 1: SFT", sft_complete(cfg), lambda: train_sft(cfg, resume=resume, overwrite=overwrite))
     phase("phase 5: eval base model", eval_complete(cfg, "none"), lambda: evaluate(cfg, "none", resume=resume, overwrite=overwrite))
     phase("phase 5: eval SFT", eval_complete(cfg, "sft"), lambda: evaluate(cfg, "sft", resume=resume, overwrite=overwrite))

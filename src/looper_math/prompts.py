@@ -52,9 +52,10 @@ def sft_target(solution: str) -> str:
     return f"{body.rstrip()}\n#### {final.strip()}"
 
 
-def sft_example(tokenizer, fmt: str, question: str, solution: str) -> dict:
-    """One TRL prompt/completion example (conversational for chat models, plain strings otherwise)."""
-    target = sft_target(solution)
+def sft_example(tokenizer, fmt: str, question: str, solution: str, canonical: bool = True) -> dict:
+    """One TRL prompt/completion example (conversational for chat models, plain strings otherwise).
+    ``canonical=False`` takes ``solution`` as the target verbatim (a model's own text, see sft.rft_targets)."""
+    target = sft_target(solution) if canonical else solution.strip()
     if fmt == "chat":
         check_format(fmt, tokenizer)
         return {"prompt": [{"role": "user", "content": user_text(question)}],

@@ -13,12 +13,24 @@ computed, the round's rows appended in one fsynced write, and the bandit updated
 Killing the process at any point loses at most the round in flight; a rerun with ``--resume`` drops a
 torn last line, rebuilds the bandit statistics from the rows on disk and generates only missing keys.
 A resume refuses a file written by a different model or adapter.
+
+On-policy samples: ``rollouts.eval_prompt_share`` of each question's k samples (sample_idx 0..n-1) use
+the plain evaluation prompt, arm ``eval_prompt``, at ``rollouts.temperature`` / ``rollouts.top_p``; the
+bandit allocates the rest over the Regime W arms. Pairs are trained under the evaluation prompt, so
+samples drawn under it are what DPO (and rejection-sampling SFT) should learn from; the 0.5B model's
+accuracy halves under the arm instructions (issue 13). Every sample of a group is scored together.
+
+Speed: an adapter is merged into this process's copy of the base weights before decoding
+(``eval.merge_adapter``); a round's groups are scored in a process pool (``rollouts.score_workers``)
+while the GPU waits; the summary's ``this_run`` splits the wall time into generation, scoring and the rest.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, save_resolved
 from looper_math.data import load_split
@@ -33,6 +45,32 @@ from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, chec
                                shard_path, take_shard)
 
 KEY = ("question_id", "sample_idx")
+EVAL_ARM = "eval_prompt"  # the arm name of samples drawn under the plain evaluation prompt
+
+
+def eval_prompt_samples(k: int, share: float) -> int:
+    """How many of a question's k samples use the evaluation prompt (the first ones, by sample_idx)."""
+    return min(k, max(0, round(share * k)))
+
+
+def make_bandit(cfg: Config) -> Bandit | None:
+    """The bandit over the Regime W arms for the samples not drawn under the evaluation prompt (None if none are)."""
+    r, w = cfg.rollouts, cfg.regime_w
+    n_eval = eval_prompt_samples(r.k, r.eval_prompt_share)
+    if n_eval == r.k:
+        return None
+    return Bandit(load_arms(w), w.allocation, r.k - n_eval, w.exploration_floor, w.ucb_c, seed=r.seed)
+
+
+def update_bandit(bandit: Bandit | None, rows: list[dict]) -> None:
+    """Feed the bandit the rows of its own arms (samples under the evaluation prompt are not its pulls)."""
+    if bandit is not None:
+        bandit.update([x for x in rows if x["arm"] != EVAL_ARM])
+
+
+def score_workers(setting: int) -> int:
+    """Processes for Regime W scoring: the setting, or (0) one per spare core up to 8."""
+    return setting if setting > 0 else max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 def reasoning_of(text: str) -> str:
@@ -61,19 +99,26 @@ def auroc(scores: list[float], labels: list[bool]) -> float | None:
     return (rank_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def summarize(rows: list[dict], bandit: Bandit, run_tokens: int, run_seconds: float, cfg: Config) -> dict:
+def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seconds: float, cfg: Config,
+              timing: dict | None = None) -> dict:
     by_q: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_q[r["question_id"]].append(r)
     mixed = sum(1 for g in by_q.values() if any(r["correct"] for r in g) and not all(r["correct"] for r in g))
     per_arm: dict[str, dict] = {}
-    for name, st in bandit.stats().items():
+    stats = bandit.stats() if bandit is not None else {}
+    if any(r["arm"] == EVAL_ARM for r in rows):
+        mine = [r for r in rows if r["arm"] == EVAL_ARM]
+        stats = {EVAL_ARM: {"pulls": len(mine), "mean_reward": sum(r["reward"] for r in mine) / len(mine),
+                            "accuracy": sum(bool(r["correct"]) for r in mine) / len(mine)}, **stats}
+    for name, st in stats.items():
         mine = [r for r in rows if r["arm"] == name]
         per_arm[name] = {**st, "mean_s_wm": sum(r["s_wm"] for r in mine) / len(mine) if mine else None}
     n = len(rows)
     return {
         "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter,
-        "allocation": cfg.regime_w.allocation, "rows": n, "questions": len(by_q),
+        "allocation": cfg.regime_w.allocation, "eval_prompt_share": cfg.rollouts.eval_prompt_share,
+        "rows": n, "questions": len(by_q),
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
         "share_questions_mixed": mixed / len(by_q) if by_q else 0.0,
         "share_all_correct": sum(all(r["correct"] for r in g) for g in by_q.values()) / len(by_q) if by_q else 0.0,
@@ -86,7 +131,8 @@ def summarize(rows: list[dict], bandit: Bandit, run_tokens: int, run_seconds: fl
             "s_end": auroc([r["s_end"] for r in rows], [r["correct"] for r in rows]),
         },
         "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
-                     "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None},
+                     "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None,
+                     **({k: round(v, 2) for k, v in timing.items()} if timing else {})},
     }
 
 
@@ -114,79 +160,114 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
         problems = problems[: r.limit]
     problems = take_shard(problems, sh)
     arms = {a.name: a for a in load_arms(w)}
-    bandit = Bandit(list(arms.values()), w.allocation, r.k, w.exploration_floor, w.ucb_c, seed=r.seed)
+    n_eval = eval_prompt_samples(r.k, r.eval_prompt_share)
+    bandit = make_bandit(cfg)
     tokenizer = load_tokenizer(cfg)
-    model, adapter_dir = load_model_with_adapter(cfg, r.adapter)
+    model, adapter_dir = load_model_with_adapter(cfg, r.adapter, merge=cfg.eval.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     model_id, adapter_id = cfg.model.name_or_path, str(adapter_dir) if adapter_dir else None
     fmt = cfg.model.prompt_format
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
-    with JsonlAppender(out, KEY, mode) as sink:
-        old = list(read_jsonl(out)) if mode == "resume" else []
-        for i, row in enumerate(old, 1):
-            if (row.get("model"), row.get("adapter")) != (model_id, adapter_id):
-                raise DataError(f"{out}:{i}: rollouts from model={row.get('model')!r} adapter={row.get('adapter')!r}, "
-                                f"but this run uses model={model_id!r} adapter={adapter_id!r} (use --overwrite or another output)")
-        save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")  # only once the old rows are known to fit
-        bandit.update(old)
-        texts_by_q: dict[str, dict[int, str]] = defaultdict(dict)
-        for row in old:
-            texts_by_q[row["question_id"]][row["sample_idx"]] = row["full_text"]
-        todo = [p for p in problems if len(texts_by_q.get(p.question_id, {})) < r.k]
-        if mode == "resume":
-            print(f"rollouts: resuming {out}: {len(old)} rows on disk, {len(todo)} questions to go"
-                  + (f" (dropped a torn last line of {sink.torn_bytes} bytes)" if sink.torn_bytes else ""))
-        step = max(r.questions_per_round, 1)
-        for start in range(0, len(todo), step):
-            part = todo[start:start + step]
-            reqs, meta = [], []
-            for p in part:
-                allocated = bandit.allocate(p.question_id)
-                for idx in range(r.k):
-                    if (p.question_id, idx) in sink:
-                        continue
-                    arm = arms[allocated[idx]]
-                    seed = stable_seed(r.seed, p.question_id, idx) % (2**63)
-                    reqs.append(GenRequest(build_prompt(tokenizer, fmt, p.question, arm.instruction), arm.temperature, arm.top_p, seed))
-                    meta.append((p, idx, arm, seed))
-            results = generate(model, tokenizer, reqs, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                               stop_strings=STOP_STRINGS[fmt], engine=cfg.eval.engine,
-                               desc=f"rollouts {min(start + step, len(todo))}/{len(todo)} questions")
-            new_by_q: dict[str, list[tuple]] = defaultdict(list)
-            for (p, idx, arm, seed), req, res in zip(meta, reqs, results):
-                new_by_q[p.question_id].append((p, idx, arm, seed, req, res))
-                run_tokens += res.num_tokens
-            rows = []
-            for qid, items in new_by_q.items():
-                p = items[0][0]
-                group = dict(texts_by_q.get(qid, {}))
-                for _, idx, _, _, _, res in items:
-                    group[idx] = res.text
-                order = sorted(group)
-                scores = dict(zip(order, score_group(p.question, [group[i] for i in order], p.answer, weights,
-                                                     w.cf_perturbations, seed=stable_seed(r.seed, qid) % (2**32),
-                                                     answer_mode=cfg.eval.answer_mode)))
-                eval_prompt = build_prompt(tokenizer, fmt, p.question)
-                for _, idx, arm, seed, req, res in items:
-                    sc = score_row(res.text, p.gold, cfg.eval.answer_mode)
-                    s = scores[idx]
-                    rows.append({
-                        "question_id": qid, "sample_idx": idx, "arm": arm.name, "arm_family": arm.family,
-                        "prompt": req.prompt, "eval_prompt": eval_prompt, "full_text": res.text,
-                        "reasoning": reasoning_of(res.text), "answer": sc["extracted_strict"] if cfg.eval.answer_mode == "strict" else sc["extracted_flexible"],
-                        "gold": p.gold, "correct": sc["correct"], "num_tokens": res.num_tokens, "finished": res.finished,
-                        "s_end": s["s_end"], "s_path": s["s_path"], "s_cf": s["s_cf"], "s_wm": s["s_wm"],
-                        "reward": compute_reward(sc["correct"], s["s_wm"], res.num_tokens, w.alpha_correct, w.beta_coherence, w.length_penalty),
-                        "temperature": arm.temperature, "top_p": arm.top_p, "seed": seed, "model": model_id, "adapter": adapter_id,
-                    })
-                texts_by_q[qid] = group
-            rows.sort(key=lambda x: (x["question_id"], x["sample_idx"]))
-            sink.write(rows)
-            bandit.update(rows)
+    timing = {"generate_seconds": 0.0, "score_seconds": 0.0}
+    workers = score_workers(r.score_workers)
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        # spawn: a forked child would inherit the CUDA context; the workers only import the scorer
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        with JsonlAppender(out, KEY, mode) as sink:
+            old = list(read_jsonl(out)) if mode == "resume" else []
+            for i, row in enumerate(old, 1):
+                if (row.get("model"), row.get("adapter")) != (model_id, adapter_id):
+                    raise DataError(f"{out}:{i}: rollouts from model={row.get('model')!r} adapter={row.get('adapter')!r}, "
+                                    f"but this run uses model={model_id!r} adapter={adapter_id!r} (use --overwrite or another output)")
+            save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")  # only once the old rows are known to fit
+            update_bandit(bandit, old)
+            texts_by_q: dict[str, dict[int, str]] = defaultdict(dict)
+            for row in old:
+                texts_by_q[row["question_id"]][row["sample_idx"]] = row["full_text"]
+            todo = [p for p in problems if len(texts_by_q.get(p.question_id, {})) < r.k]
+            if mode == "resume":
+                print(f"rollouts: resuming {out}: {len(old)} rows on disk, {len(todo)} questions to go"
+                      + (f" (dropped a torn last line of {sink.torn_bytes} bytes)" if sink.torn_bytes else ""))
+            step = max(r.questions_per_round, 1)
+            for start in range(0, len(todo), step):
+                part = todo[start:start + step]
+                reqs, meta = [], []
+                for p in part:
+                    allocated = ([EVAL_ARM] * n_eval) + (bandit.allocate(p.question_id) if bandit is not None else [])
+                    eval_prompt = build_prompt(tokenizer, fmt, p.question)
+                    for idx in range(r.k):
+                        if (p.question_id, idx) in sink:
+                            continue
+                        seed = stable_seed(r.seed, p.question_id, idx) % (2**63)
+                        if allocated[idx] == EVAL_ARM:
+                            reqs.append(GenRequest(eval_prompt, r.temperature, r.top_p, seed))
+                            meta.append((p, idx, None, seed))
+                        else:
+                            arm = arms[allocated[idx]]
+                            reqs.append(GenRequest(build_prompt(tokenizer, fmt, p.question, arm.instruction), arm.temperature, arm.top_p, seed))
+                            meta.append((p, idx, arm, seed))
+                tg = time.time()
+                results = generate(model, tokenizer, reqs, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
+                                   stop_strings=STOP_STRINGS[fmt], engine=cfg.eval.engine,
+                                   desc=f"rollouts {min(start + step, len(todo))}/{len(todo)} questions")
+                timing["generate_seconds"] += time.time() - tg
+                new_by_q: dict[str, list[tuple]] = defaultdict(list)
+                for (p, idx, arm, seed), req, res in zip(meta, reqs, results):
+                    new_by_q[p.question_id].append((p, idx, arm, seed, req, res))
+                    run_tokens += res.num_tokens
+                ts = time.time()
+                groups = {}
+                for qid, items in new_by_q.items():
+                    p = items[0][0]
+                    group = dict(texts_by_q.get(qid, {}))
+                    for _, idx, _, _, _, res in items:
+                        group[idx] = res.text
+                    groups[qid] = (p, group, sorted(group))
+                score_args = {qid: ((p.question, [group[i] for i in order], p.answer, weights, w.cf_perturbations),
+                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answer_mode": cfg.eval.answer_mode})
+                              for qid, (p, group, order) in groups.items()}
+                if pool is not None and len(score_args) > 1:
+                    futures = {qid: pool.submit(score_group, *a, **kw) for qid, (a, kw) in score_args.items()}
+                    scored = {qid: f.result() for qid, f in futures.items()}
+                else:
+                    scored = {qid: score_group(*a, **kw) for qid, (a, kw) in score_args.items()}
+                timing["score_seconds"] += time.time() - ts
+                rows = []
+                for qid, items in new_by_q.items():
+                    p, group, order = groups[qid]
+                    scores = dict(zip(order, scored[qid]))
+                    eval_prompt = build_prompt(tokenizer, fmt, p.question)
+                    for _, idx, arm, seed, req, res in items:
+                        sc = score_row(res.text, p.gold, cfg.eval.answer_mode)
+                        sco = scores[idx]
+                        temperature, top_p = (arm.temperature, arm.top_p) if arm is not None else (r.temperature, r.top_p)
+                        rows.append({
+                            "question_id": qid, "sample_idx": idx, "arm": arm.name if arm is not None else EVAL_ARM,
+                            "arm_family": arm.family if arm is not None else "eval",
+                            "prompt": req.prompt, "eval_prompt": eval_prompt, "full_text": res.text,
+                            "reasoning": reasoning_of(res.text), "answer": sc["extracted_strict"] if cfg.eval.answer_mode == "strict" else sc["extracted_flexible"],
+                            "gold": p.gold, "correct": sc["correct"], "num_tokens": res.num_tokens, "finished": res.finished,
+                            "s_end": sco["s_end"], "s_path": sco["s_path"], "s_cf": sco["s_cf"], "s_wm": sco["s_wm"],
+                            "reward": compute_reward(sc["correct"], sco["s_wm"], res.num_tokens, w.alpha_correct, w.beta_coherence, w.length_penalty),
+                            "temperature": temperature, "top_p": top_p, "seed": seed, "model": model_id, "adapter": adapter_id,
+                        })
+                    texts_by_q[qid] = group
+                rows.sort(key=lambda x: (x["question_id"], x["sample_idx"]))
+                sink.write(rows)
+                update_bandit(bandit, rows)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     all_rows = list(read_jsonl(out))
-    summary = summarize(all_rows, bandit, run_tokens, time.time() - t0, cfg)
-    summary["bandit_state"] = bandit.state_dict()
+    seconds = time.time() - t0
+    timing["other_seconds"] = seconds - timing["generate_seconds"] - timing["score_seconds"]
+    summary = summarize(all_rows, bandit, run_tokens, seconds, cfg, timing)
+    summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
     atomic_write_json(out.with_name(out.stem + ".summary.json"), summary)
     print_arm_table(summary)
     print(f"rollouts: {summary['rows']} rows -> {out}; mixed-correctness questions {summary['share_questions_mixed']:.1%}; "

@@ -25,19 +25,66 @@ from looper_math.config import Config, ConfigError
 from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
-from looper_math.runio import check_output
+from looper_math.answers import extract_answer
+from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
                                       launched_state, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
+
+
+SFT_DATA = ("gold", "rft", "gold+rft")
+
+
+def rft_targets(path: Path, per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """Rejection-sampling fine-tuning targets (RFT, Yuan et al. 2023; STaR, Zelikman et al. 2022) from a
+    rollouts file: per question, up to ``per_question`` distinct correct, finished trajectories, highest
+    reward first (correct rows differ in reward by Regime W coherence and length only). Each target ends
+    with the canonical ``#### N`` line (the gold answer appended when the model wrote the answer another
+    way), so the trained model states its answer where both extractors find it."""
+    if not path.exists():
+        raise DataError(f"{path}: sft.data uses rft but the rollouts file is missing (run `looper-math rollouts "
+                        f"--set rollouts.adapter=none --set rollouts.output=...` first, or `looper-math run`)")
+    by_q: dict[str, list[dict]] = {}
+    for i, row in enumerate(read_jsonl(path), 1):
+        for f in ("question_id", "full_text", "correct", "finished", "reward", "gold"):
+            if f not in row:
+                raise DataError(f"{path}:{i}: rollout row has no field '{f}'")
+        if row["correct"] and row["finished"] and (question_ids is None or row["question_id"] in question_ids):
+            by_q.setdefault(row["question_id"], []).append(row)
+    out: dict[str, list[str]] = {}
+    for qid, rows in by_q.items():
+        seen: set[str] = set()
+        for row in sorted(rows, key=lambda r: (-r["reward"], r.get("sample_idx", 0))):
+            text = row["full_text"].strip()
+            if not text or text in seen:
+                continue
+            seen.add(text)
+            if extract_answer(text, mode="strict") is None:
+                text = f"{text}\n#### {row['gold']}"
+            out.setdefault(qid, []).append(text)
+            if len(out[qid]) >= per_question:
+                break
+    return out
 
 
 def build_dataset(cfg: Config, tokenizer):
     import datasets
 
+    if cfg.sft.data not in SFT_DATA:
+        raise ConfigError(f"sft.data: expected one of {SFT_DATA}, got {cfg.sft.data!r}")
     problems = load_split(cfg, "train")
     if cfg.sft.limit:
         problems = problems[: cfg.sft.limit]
     fmt = cfg.model.prompt_format
-    rows = [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
+    rows = []
+    if "gold" in cfg.sft.data.split("+"):
+        rows += [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
+    if "rft" in cfg.sft.data.split("+"):
+        targets = rft_targets(cfg.path(cfg.sft.rft_rollouts), cfg.sft.rft_per_question, {p.question_id for p in problems})
+        rows += [sft_example(tokenizer, fmt, p.question, t, canonical=False) for p in problems for t in targets.get(p.question_id, [])]
+        print(f"sft: {sum(map(len, targets.values()))} rft targets for {len(targets)}/{len(problems)} questions "
+              f"from {cfg.path(cfg.sft.rft_rollouts)}")
+    if not rows:
+        raise DataError(f"sft: no training examples (sft.data={cfg.sft.data})")
 
     def length(r: dict) -> int:  # tokens of the full example, + 1 for the EOS appended in training
         if fmt == "chat":
@@ -104,7 +151,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     seconds = time.time() - t0
     hist = trainer.state.log_history
     summary = {
-        "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "examples": len(train_ds),
+        "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "data": cfg.sft.data, "examples": len(train_ds),
         "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
         "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,

@@ -95,8 +95,8 @@ def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> 
         raise DataError(f"{first}: cannot read it back: {e}") from None
 
     if kind == "rollouts":
-        from looper_math.regime_w.arms import Bandit, load_arms
         from looper_math.rollouts import KEY, print_arm_table
+        from looper_math.rollouts import make_bandit, update_bandit
         from looper_math.rollouts import summarize as summarize_rollouts
 
         k = cfg.rollouts.k
@@ -122,11 +122,10 @@ def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> 
     merged = list(read_jsonl(output))
     run = _this_run(summaries)
     if kind == "rollouts":
-        w, r = cfg.regime_w, cfg.rollouts
-        bandit = Bandit(load_arms(w), w.allocation, r.k, w.exploration_floor, w.ucb_c, seed=r.seed)
-        bandit.update(merged)
+        bandit = make_bandit(cfg)
+        update_bandit(bandit, merged)
         summary = summarize_rollouts(merged, bandit, run["tokens"], run["seconds"], cfg)
-        summary["bandit_state"] = bandit.state_dict()
+        summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
     else:
         from looper_math.evaluate import summarize as summarize_eval
 
