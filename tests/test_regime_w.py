@@ -324,3 +324,28 @@ def test_answer_mode_flexible_scores_chat_style_answers_like_the_rollouts_grade_
     assert [r["s_end"] for r in flexible] == [0.5, 0.5, 0.0]
     # the same group written with "####" scores identically in either mode
     assert score_group(Q, GROUP, reference=REF, answer_mode="flexible") == score_group(Q, GROUP, reference=REF)
+
+
+def test_s_cf_rejects_an_off_by_one_program_on_large_outputs():
+    """Outputs around 30,000 on the perturbed inputs: "+ 1" at the end was within the old relative
+    tolerance 1e-4, so a wrong program scored s_cf = 1.0."""
+    q = "A warehouse has 120 boxes with 125 cans in each box. How many cans are there?"
+    ref = "There are 120*125=<<120*125=15000>>15000 cans.\n#### 15000"
+    right = "120 * 125 = 15000\n#### 15000"
+    plus_one = "120 * 125 = 15000\n15000 + 1 = 15001\n#### 15001"
+    rows = score_group(q, [right, plus_one], reference=ref)
+    assert rows[0]["s_cf"] == 1.0
+    assert rows[1]["s_cf"] == 0.0
+
+
+def test_s_cf_free_is_the_label_free_peer_score():
+    with_ref = score_group(Q, GROUP, reference=REF)
+    without = score_group(Q, GROUP, reference=None)
+    assert [r["s_cf_free"] for r in with_ref] == [r["s_cf"] for r in without] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert [r["s_cf_free"] for r in without] == [r["s_cf"] for r in without]
+    # the peers' majority program is the lucky one: s_cf_free follows the peers, s_cf the reference
+    lucky_majority = [LUCKY, LUCKY, RIGHT]
+    rows = score_group(Q, lucky_majority, reference=REF)
+    assert [r["s_cf"] for r in rows] == [0.0, 0.0, 1.0]
+    assert [r["s_cf_free"] for r in rows] == [1.0, 1.0, 0.0]
+    assert all(r["cf_source"] == "reference" for r in rows)
