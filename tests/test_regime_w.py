@@ -373,3 +373,26 @@ def test_s_cf_free_is_the_label_free_peer_score():
     assert [r["s_cf"] for r in rows] == [0.0, 0.0, 1.0]
     assert [r["s_cf_free"] for r in rows] == [1.0, 1.0, 0.0]
     assert all(r["cf_source"] == "reference" for r in rows)
+
+
+def test_rollouts_summary_reports_label_free_auroc_and_unparsed_steps():
+    from looper_math.config import load_config
+    from looper_math.rollouts import summarize
+
+    cfg = load_config(REPO_ROOT / "configs" / "demo.yaml", [])
+    arms = default_arms()
+    bandit = Bandit(arms, "ucb", k=2, exploration_floor=0.05, ucb_c=1.0, seed=0)
+    base = {"arm": arms[0].name, "finished": True, "num_tokens": 10, "s_end": 0.5, "s_wm": 0.5}
+    rows = [
+        {**base, "question_id": "a", "correct": True, "s_path": 0.5, "s_cf": 1.0, "s_cf_free": 1.0, "n_unparsed": 0},
+        {**base, "question_id": "a", "correct": False, "s_path": 0.5, "s_cf": 0.0, "s_cf_free": 1.0, "n_unparsed": 2},
+        {**base, "question_id": "b", "correct": True, "s_path": 0.5, "s_cf": 1.0, "s_cf_free": 0.0, "n_unparsed": 1},
+    ]
+    out = summarize(rows, bandit, 0, 1.0, cfg)
+    assert out["auroc_correct"]["s_path+s_cf"] == 1.0  # the reference-based score
+    assert out["auroc_correct"]["s_path+s_cf_free"] == 0.25  # the label-free one: (0.5 + 0) / 2
+    assert out["auroc_uses_reference"]["s_path+s_cf_free"] is False
+    assert (out["unparsed_steps"], out["rows_with_unparsed_steps"]) == (3, 2)
+    old = [{k: v for k, v in r.items() if k not in ("s_cf_free", "n_unparsed")} for r in rows]
+    out = summarize(old, bandit, 0, 1.0, cfg)  # rows written before the keys existed
+    assert out["auroc_correct"]["s_path+s_cf_free"] is None and out["unparsed_steps"] is None
