@@ -217,15 +217,16 @@ def test_uniform_allocation():
     assert b.allocate("q1") == names
     b4 = Bandit(arms, "uniform", k=4, exploration_floor=0.05, ucb_c=1.0, seed=0)
     picks = b4.allocate("q1")
-    start = names.index(picks[0])
-    assert picks == [names[(start + j) % 8] for j in range(4)]
-    assert picks == b4.allocate("q1")
-    # offsets differ across questions, so every arm is used over many questions
-    used = {a for q in range(50) for a in b4.allocate(f"q{q}")}
-    assert used == set(names)
+    assert len(set(picks)) == 4 and picks == b4.allocate("q1")
+    # a round splits its pulls evenly over the arms: 25 questions x 4 = 100 pulls, 12 or 13 per arm
+    rnd = b4.allocate_round([f"q{q}" for q in range(25)])
+    pulls = [name for picks in rnd.values() for name in picks]
+    assert all(len(p) == 4 for p in rnd.values())
+    assert sorted(pulls.count(n) for n in names) == [12] * 4 + [13] * 4
 
 
-def _simulate(allocation: str, rounds: int = 40, per_round: int = 4, seed: int = 0):
+def _simulate(allocation: str, rounds: int = 6, per_round: int = 100, seed: int = 0):
+    """Rounds of realistic size (100 questions x k = 8), as collect_rollouts allocates them."""
     arms = default_arms()
     best = arms[3].name
     b = Bandit(arms, allocation, k=8, exploration_floor=0.05, ucb_c=1.0, seed=seed)
@@ -233,10 +234,11 @@ def _simulate(allocation: str, rounds: int = 40, per_round: int = 4, seed: int =
     history = []
     for r in range(rounds):
         rows = []
-        for q in range(per_round):
-            picks = b.allocate(f"r{r}q{q}")
+        alloc = b.allocate_round([f"r{r}q{q}" for q in range(per_round)])
+        assert list(alloc) == [f"r{r}q{q}" for q in range(per_round)]
+        history.append(alloc)
+        for picks in alloc.values():
             assert len(picks) == 8
-            history.append(picks)
             for name in picks:
                 correct = bool(rng.random() < (0.9 if name == best else 0.3))
                 rows.append({"arm": name, "reward": float(correct) + 0.1 * rng.random(), "correct": correct})
@@ -245,24 +247,44 @@ def _simulate(allocation: str, rounds: int = 40, per_round: int = 4, seed: int =
 
 
 @pytest.mark.parametrize("allocation", ["ucb", "thompson"])
-def test_adaptive_allocation_shifts_to_the_better_arm(allocation):
+def test_adaptive_allocation_shifts_to_the_better_arm_and_keeps_the_floor_every_round(allocation):
     b, best, history = _simulate(allocation)
-    first = history[0]
-    assert sorted(first) == sorted(a.name for a in default_arms())  # one pull per arm to start
-    late = [name for picks in history[-40:] for name in picks]
+    names = [a.name for a in default_arms()]
+    # one question on its own: every arm once (the floor, ceil(0.05 * 8) = 1 each)
+    assert sorted(Bandit(default_arms(), allocation, k=8, exploration_floor=0.05).allocate("q")) == sorted(names)
+    for alloc in history:
+        pulls = [name for picks in alloc.values() for name in picks]
+        for name in names:
+            assert pulls.count(name) >= 0.05 * len(pulls), name  # the floor holds within every round
+            # an arm's pulls are spread over as many questions as they can be
+            on = sum(name in picks for picks in alloc.values())
+            assert on == min(pulls.count(name), len(alloc)), name
+    late = [name for picks in history[-1].values() for name in picks]
     assert late.count(best) / len(late) > 0.4  # from 1/8 at the start
     stats = b.stats()
-    total = sum(s["pulls"] for s in stats.values())
-    assert total == 40 * 4 * 8
-    for name, s in stats.items():
-        assert s["pulls"] >= 0.05 * total - 8, name  # the floor holds (up to one question's samples)
+    assert sum(s["pulls"] for s in stats.values()) == 6 * 100 * 8
     assert stats[best]["accuracy"] > 0.7
+
+
+def test_floor_holds_per_round_for_a_bandit_sure_of_its_best_arm():
+    """Stats that make UCB and Thompson put every free pull on one arm: the others still get 5 %."""
+    arms = default_arms()
+    for allocation in ("ucb", "thompson"):
+        b = Bandit(arms, allocation, k=8, exploration_floor=0.05, ucb_c=1.0, seed=0)
+        b.update([{"arm": arms[0].name, "reward": 1.0, "correct": True}] * 5000
+                 + [{"arm": a.name, "reward": 0.0, "correct": False} for a in arms[1:] for _ in range(300)])
+        alloc = b.allocate_round([f"q{q}" for q in range(100)])
+        pulls = [name for picks in alloc.values() for name in picks]
+        assert len(pulls) == 800
+        for a in arms[1:]:
+            assert pulls.count(a.name) == 40, (allocation, a.name)  # ceil(0.05 * 800)
+        assert pulls.count(arms[0].name) == 800 - 7 * 40
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "ucb", "thompson"])
 def test_bandit_is_deterministic(allocation):
-    a, _, ha = _simulate(allocation, rounds=5)
-    b, _, hb = _simulate(allocation, rounds=5)
+    a, _, ha = _simulate(allocation, rounds=3)
+    b, _, hb = _simulate(allocation, rounds=3)
     assert ha == hb and a.stats() == b.stats()
 
 
@@ -272,20 +294,22 @@ def test_resume_by_replaying_rows_rebuilds_the_state():
     on_disk = []
     rng = np.random.default_rng(0)
     for r in range(6):
+        alloc = live.allocate_round([f"{r}-{q}" for q in range(30)])
         rows = [
             {"arm": name, "reward": float(rng.random()), "correct": bool(rng.random() < 0.5)}
-            for q in range(3)
-            for name in live.allocate(f"{r}-{q}")
+            for picks in alloc.values()
+            for name in picks
         ]
         live.update(rows)
         on_disk += rows
+    nxt = [f"next-{q}" for q in range(30)]
     resumed = Bandit(arms, "thompson", k=8, exploration_floor=0.05, ucb_c=1.0, seed=3)
     resumed.update(on_disk)
     assert resumed.state_dict() == live.state_dict()
-    assert resumed.allocate("next") == live.allocate("next")
+    assert resumed.allocate_round(nxt) == live.allocate_round(nxt)
     restored = Bandit(arms, "thompson", k=8, exploration_floor=0.05, ucb_c=1.0, seed=3)
     restored.load_state_dict(json.loads(json.dumps(live.state_dict())))
-    assert restored.stats() == live.stats() and restored.allocate("next") == live.allocate("next")
+    assert restored.stats() == live.stats() and restored.allocate_round(nxt) == live.allocate_round(nxt)
 
 
 def test_bandit_rejects_bad_input():
@@ -324,3 +348,51 @@ def test_answer_mode_flexible_scores_chat_style_answers_like_the_rollouts_grade_
     assert [r["s_end"] for r in flexible] == [0.5, 0.5, 0.0]
     # the same group written with "####" scores identically in either mode
     assert score_group(Q, GROUP, reference=REF, answer_mode="flexible") == score_group(Q, GROUP, reference=REF)
+
+
+def test_s_cf_rejects_an_off_by_one_program_on_large_outputs():
+    """Outputs around 30,000 on the perturbed inputs: "+ 1" at the end was within the old relative
+    tolerance 1e-4, so a wrong program scored s_cf = 1.0."""
+    q = "A warehouse has 120 boxes with 125 cans in each box. How many cans are there?"
+    ref = "There are 120*125=<<120*125=15000>>15000 cans.\n#### 15000"
+    right = "120 * 125 = 15000\n#### 15000"
+    plus_one = "120 * 125 = 15000\n15000 + 1 = 15001\n#### 15001"
+    rows = score_group(q, [right, plus_one], reference=ref)
+    assert rows[0]["s_cf"] == 1.0
+    assert rows[1]["s_cf"] == 0.0
+
+
+def test_s_cf_free_is_the_label_free_peer_score():
+    with_ref = score_group(Q, GROUP, reference=REF)
+    without = score_group(Q, GROUP, reference=None)
+    assert [r["s_cf_free"] for r in with_ref] == [r["s_cf"] for r in without] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert [r["s_cf_free"] for r in without] == [r["s_cf"] for r in without]
+    # the peers' majority program is the lucky one: s_cf_free follows the peers, s_cf the reference
+    lucky_majority = [LUCKY, LUCKY, RIGHT]
+    rows = score_group(Q, lucky_majority, reference=REF)
+    assert [r["s_cf"] for r in rows] == [0.0, 0.0, 1.0]
+    assert [r["s_cf_free"] for r in rows] == [1.0, 1.0, 0.0]
+    assert all(r["cf_source"] == "reference" for r in rows)
+
+
+def test_rollouts_summary_reports_label_free_auroc_and_unparsed_steps():
+    from looper_math.config import load_config
+    from looper_math.rollouts import summarize
+
+    cfg = load_config(REPO_ROOT / "configs" / "demo.yaml", [])
+    arms = default_arms()
+    bandit = Bandit(arms, "ucb", k=2, exploration_floor=0.05, ucb_c=1.0, seed=0)
+    base = {"arm": arms[0].name, "finished": True, "num_tokens": 10, "s_end": 0.5, "s_wm": 0.5}
+    rows = [
+        {**base, "question_id": "a", "correct": True, "s_path": 0.5, "s_cf": 1.0, "s_cf_free": 1.0, "n_unparsed": 0},
+        {**base, "question_id": "a", "correct": False, "s_path": 0.5, "s_cf": 0.0, "s_cf_free": 1.0, "n_unparsed": 2},
+        {**base, "question_id": "b", "correct": True, "s_path": 0.5, "s_cf": 1.0, "s_cf_free": 0.0, "n_unparsed": 1},
+    ]
+    out = summarize(rows, bandit, 0, 1.0, cfg)
+    assert out["auroc_correct"]["s_path+s_cf"] == 1.0  # the reference-based score
+    assert out["auroc_correct"]["s_path+s_cf_free"] == 0.25  # the label-free one: (0.5 + 0) / 2
+    assert out["auroc_uses_reference"]["s_path+s_cf_free"] is False
+    assert (out["unparsed_steps"], out["rows_with_unparsed_steps"]) == (3, 2)
+    old = [{k: v for k, v in r.items() if k not in ("s_cf_free", "n_unparsed")} for r in rows]
+    out = summarize(old, bandit, 0, 1.0, cfg)  # rows written before the keys existed
+    assert out["auroc_correct"]["s_path+s_cf_free"] is None and out["unparsed_steps"] is None

@@ -125,11 +125,21 @@ def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seco
         "finished_share": sum(r["finished"] for r in rows) / n if n else 0.0,
         "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
         "per_arm": per_arm,
+        # s_cf (so s_wm) compares with the GSM8K reference program: those AUROCs use the label.
+        # s_cf_free compares with the peers' consensus program instead; it and s_end use no label
+        # (only answer agreement among the samples, as s_path's peer term does).
         "auroc_correct": {
             "s_wm": auroc([r["s_wm"] for r in rows], [r["correct"] for r in rows]),
             "s_path+s_cf": auroc([r["s_path"] + r["s_cf"] for r in rows], [r["correct"] for r in rows]),
             "s_end": auroc([r["s_end"] for r in rows], [r["correct"] for r in rows]),
+            # None for rows written before s_cf_free existed
+            "s_path+s_cf_free": auroc([r["s_path"] + r["s_cf_free"] for r in rows], [r["correct"] for r in rows])
+            if all("s_cf_free" in r for r in rows) else None,
         },
+        "auroc_uses_reference": {"s_wm": True, "s_path+s_cf": True, "s_end": False, "s_path+s_cf_free": False},
+        # written calculations the scorer could not read (scored as unconfirmed); None for older rows
+        "unparsed_steps": sum(r["n_unparsed"] for r in rows) if all("n_unparsed" in r for r in rows) else None,
+        "rows_with_unparsed_steps": sum(r["n_unparsed"] > 0 for r in rows) if all("n_unparsed" in r for r in rows) else None,
         "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
                      "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None,
                      **({k: round(v, 2) for k, v in timing.items()} if timing else {})},

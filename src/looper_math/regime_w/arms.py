@@ -32,16 +32,18 @@ Maudlin family (counterfactual / explanatory: say why each step holds, test it a
 Temperatures span 0.6-1.0 and top_p 0.9-1.0 so that the family of samples for one question covers
 both careful and exploratory decoding.
 
-Allocation (``Bandit``): ``uniform`` gives each question one sample per arm (round robin from a
-question-dependent offset when k differs from the number of arms). ``ucb`` (UCB1, Auer et al. 2002,
-with fantasised pulls inside one question) and ``thompson`` (Gaussian Thompson sampling) allocate from
-running per-arm reward statistics that ``update`` feeds after each batch of questions. Both keep an
-exploration floor: before the policy picks, any arm whose pulls are below ``exploration_floor`` times
-all pulls (or that was never pulled) is served first, so every arm keeps at least the floor share of
-samples (deterministically, hence also in expectation), and with k = 8 every arm is pulled once on
-the first question. Allocation is a pure function of (stats, seed, question_id): the generator is
-seeded from a blake2b hash, never Python's salted ``hash()``, and a resumed run rebuilds the stats by
-calling ``update`` on the rows already on disk, in file order.
+Allocation (``Bandit.allocate_round``, one call per round of questions): ``uniform`` gives each
+question one sample per arm when k equals the number of arms (sample_idx i on arm i), and otherwise
+splits the round's pulls evenly over the arms. ``ucb`` (UCB1, Auer et al. 2002, with fantasised pulls
+inside the round) and ``thompson`` (Gaussian Thompson sampling, one posterior draw per sample) allocate
+from running per-arm reward statistics that ``update`` feeds after each round. Both keep the
+exploration floor per round: the round's k * n pulls are allocated jointly and every arm first gets
+ceil(exploration_floor * k * n) of them, so each arm's share of every round (hence of the run) is at
+least the floor; the policy places the rest. Each arm's pulls are dealt out over the round's questions
+so that an arm is compared on as many questions as its pulls allow. With k = 8 and one question per
+round every arm is pulled once. Allocation is a pure function of (stats, seed, question ids of the
+round): the generator is seeded from a blake2b hash, never Python's salted ``hash()``, and a resumed run
+rebuilds the stats by calling ``update`` on the rows already on disk, in file order.
 """
 
 from __future__ import annotations
@@ -234,37 +236,60 @@ class Bandit:
 
     # -- allocation ---------------------------------------------------------------------------
     def allocate(self, question_id: str) -> list[str]:
-        """k arm names for one question; a pure function of (stats, seed, question_id)."""
-        n = len(self.names)
-        if self.allocation == "uniform":
-            # k == #arms keeps sample_idx i on arm i; otherwise a question-dependent offset spreads
-            # the remainder evenly over arms across questions.
-            offset = 0 if self.k == n else stable_seed(self.seed, "offset", question_id) % n
-            return [self.names[(offset + j) % n] for j in range(self.k)]
+        """k arm names for one question: a round of one question (``allocate_round``)."""
+        return self.allocate_round([question_id])[question_id]
 
-        rng = np.random.default_rng(stable_seed(self.seed, "allocate", question_id))
-        counts = self.pulls.astype(float).copy()  # real pulls + fantasised pulls of this question
-        means = self._posterior_means()
-        sd = self._reward_sd()
-        picks: list[str] = []
-        for _ in range(self.k):
-            total = counts.sum()
-            tiebreak = rng.random(n)  # drawn every pick so the stream does not depend on the branch
-            deficit = self.floor * (total + 1) - counts
-            under = (counts == 0) | (deficit > 0) if self.floor > 0 else np.zeros(n, dtype=bool)
-            if under.any():
-                # serve the most under-explored arm first (largest deficit, then fewest pulls)
-                key = np.where(under, deficit - counts * 1e-9 + tiebreak * 1e-12, -np.inf)
-            elif self.allocation == "ucb":
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    bonus = self.ucb_c * np.sqrt(math.log(max(total, 1.0)) / counts)
-                key = np.where(counts == 0, np.inf, means + bonus) + tiebreak * 1e-12
+    def allocate_round(self, question_ids: list[str]) -> dict[str, list[str]]:
+        """k arm names for every question of one round; a pure function of (stats, seed, question_ids).
+
+        The round's T = k * len(question_ids) pulls are allocated jointly: each arm first gets its floor,
+        ceil(exploration_floor * T) pulls (at most T // #arms), so its share of the round is at least the
+        floor; the policy allocates the rest. Each arm's pulls are then dealt out over the questions (in
+        an order shuffled from the seed) so that an arm with m pulls is on min(m, n) different questions.
+        """
+        if len(set(question_ids)) != len(question_ids):
+            raise ValueError("Bandit.allocate_round: question ids must be distinct")
+        n_arms, n_q = len(self.names), len(question_ids)
+        if n_q == 0:
+            return {}
+        total = self.k * n_q
+        if self.allocation == "uniform" and self.k == n_arms:
+            return {q: list(self.names) for q in question_ids}  # sample_idx i on arm i
+        rng = np.random.default_rng(stable_seed(self.seed, "allocate", *question_ids))
+        if self.allocation == "uniform":
+            # an even split; the remainder goes to arms from a round-dependent offset
+            counts = np.full(n_arms, total // n_arms, dtype=np.int64)
+            offset = int(rng.integers(n_arms))
+            for j in range(total % n_arms):
+                counts[(offset + j) % n_arms] += 1
+        else:
+            counts = np.full(n_arms, min(math.ceil(self.floor * total - 1e-9), total // n_arms), dtype=np.int64)
+            rest = total - int(counts.sum())
+            means = self._posterior_means()
+            if self.allocation == "ucb":
+                # UCB1 with fantasised pulls: real pulls + this round's picks so far
+                fantasy = self.pulls.astype(float) + counts
+                tiebreak = rng.random(n_arms) * 1e-12
+                for _ in range(rest):
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        bonus = self.ucb_c * np.sqrt(math.log(max(fantasy.sum(), 1.0)) / fantasy)
+                    a = int(np.argmax(np.where(fantasy == 0, np.inf, means + bonus) + tiebreak))
+                    fantasy[a] += 1
+                    counts[a] += 1
             else:  # thompson: one posterior draw per sample
-                key = means + sd / np.sqrt(self.pulls + 1.0) * rng.standard_normal(n)
-            a = int(np.argmax(key))
-            picks.append(self.names[a])
-            counts[a] += 1
-        return picks
+                sd = self._reward_sd() / np.sqrt(self.pulls + 1.0)
+                draws = means + sd * rng.standard_normal((rest, n_arms))
+                counts += np.bincount(np.argmax(draws, axis=1), minlength=n_arms) if rest else 0
+        # deal: the arms' pulls in arm order, position p to the p-th question of a shuffled order
+        # (mod n), so every question gets k and each arm is spread over as many questions as it can be
+        order = [question_ids[i] for i in rng.permutation(n_q)]
+        out: dict[str, list[str]] = {q: [] for q in question_ids}
+        p = 0
+        for a, c in enumerate(counts):
+            for _ in range(int(c)):
+                out[order[p % n_q]].append(self.names[a])
+                p += 1
+        return out
 
     def _posterior_means(self) -> np.ndarray:
         # one pseudo-observation at the pooled mean: unpulled arms start at the average arm

@@ -4,19 +4,26 @@ Entry point: ``score_group(question, trajectories, reference=None, weights=(0.4,
 cf_perturbations=3, seed=0, answer_mode="strict")`` returns one dict per trajectory with ``answer``
 (``looper_math.answers.extract_answer`` in ``answer_mode``: strict ``#### N``, or flexible, the mode
 the rollouts grade correctness with; normalized, or None), ``s_end``, ``s_path``, ``s_cf``,
-``s_wm`` (each a float in [0, 1]) and the parts behind them (``n_steps``, ``path_validity``,
-``path_grounding``, ``path_peers``, ``cf_source``). Every score is a pure function of the arguments:
+``s_wm`` (each a float in [0, 1]), the label-free ``s_cf_free`` and the parts behind them (``n_steps``,
+``n_unparsed``, ``path_validity``, ``path_grounding``, ``path_peers``, ``cf_source``). It never raises on
+any text (trajectories, question or reference); what it cannot read scores low and is counted in
+``n_unparsed``. Every score is a pure function of the arguments:
 no global state, no wall clock, perturbations drawn from a generator seeded by a blake2b hash of
 (seed, question).
 
 Steps (``extract_steps``). A step is one written calculation ``expr = c``:
   * a GSM8K calculator annotation ``<<48/2=24>>`` (the format the SFT data teaches), or
   * plain text ``a op b [op ...] = c`` with op in ``+ - * / x × ÷ −``, numbers with ``$``, thousands
-    commas, decimals, mixed numbers (``1 1/2``), ``%`` (a percentage: ``20%`` is 20/100; when the
+    commas or spaces (``1,234``, ``150 000``, ``1 234.5``), decimals, mixed numbers (``1 1/2``), ``%`` (a percentage: ``20%`` is 20/100; when the
     result is a percentage too, ``60% * 40% = 24%``, the left side is compared times 100) and
     parentheses; the result may be a fraction (``= 1/4``). Chains ``3 * 4 = 12 * 2 = 24`` give two
     steps; ``4080 + 4080/2 = 4000 + 2040`` (an expression on the right whose first number is not the
     value) is skipped. Text inside an annotation is not read twice.
+A number is read whole or not at all: a run of digits, commas and dots that fits none of these forms
+(``1.234,5``, ``1 234,5``, ``1,2345``) is skipped, never read as its pieces. ``n_unparsed`` counts the
+written calculations not read as a step: a ``<<...>>`` that is not ``<<expr=number>>`` arithmetic, and
+an ``=`` between numbers outside every step (``4080 + 4080/2 = 4000 + 2040``); the GSM8K form
+``3*4=<<3*4=12>>12`` is one calculation.
 Each step is checked with the one safe calculator (``looper_math.calculator.evaluate``): it is valid
 when the computed value equals the stated one, allowing for the precision shown: an integral result
 must be stated exactly; a fractional one may be rounded or truncated to the decimals written
@@ -41,7 +48,8 @@ s_end -- final-answer agreement: the share of the *other* trajectories of the gr
   ``answers_equal`` this one's. 0.0 without an answer; 0.0 in a group of one (no evidence).
 
 s_path -- reasoning-path consistency: the mean of
-  (a) validity: share of steps the calculator confirms;
+  (a) validity: share of written calculations the calculator confirms (steps + ``n_unparsed``: an
+      unread calculation is an unconfirmed one);
   (b) grounding: share of operands (over all steps) that are grounded as above;
   (c) peer agreement: share of this trajectory's intermediate results (stated step results other than
       its final answer) that also appear among the stated step results of at least one *other*
@@ -59,7 +67,9 @@ s_cf -- counterfactual robustness ("right for the right reasons"). The steps bec
   decimals are scaled by a factor in [1.1, 1.9], rounded to integers or cents; a perturbation on
   which the reference program fails, e.g. divides by zero, is redrawn, up to 10 tries each), both
   programs are re-executed with the calculator, and s_cf is the share of perturbations on which the
-  trajectory's output equals the reference's (relative tolerance 1e-4). A trajectory whose program
+  trajectory's output equals the reference's (relative tolerance 1e-9: both programs compute exact
+  values from the same inputs, so only float rounding may differ; a program that adds 1 to a 15,000
+  output is wrong). A trajectory whose program
   computes the same function of the inputs as the reference scores 1.0; one that reaches the right
   number by a wrong program (``2 + 2`` where the reference has ``2 * 2``) fails on the perturbed
   inputs and scores low. Questions with no numbers get identity "perturbations" (s_cf is then 1.0
@@ -69,6 +79,9 @@ s_cf -- counterfactual robustness ("right for the right reasons"). The steps bec
   is the group's majority answer (ties: the answer seen first) and that have a program, the most
   common vector of perturbed outputs (ties: seen first). So a lone trajectory with a program scores
   1.0 against itself, and ``cf_source`` says which reference was used (reference | peers | none).
+  ``s_cf_free`` is always the peer-consensus score (what ``s_cf`` is with reference=None), so it uses
+  no label; it still uses answer agreement, as s_end and s_path's peer term do. A reference without a
+  ``#### N`` line gives no reference program.
 
 s_wm = (w_end * s_end + w_path * s_path + w_cf * s_cf) / (w_end + w_path + w_cf), defaults
   0.4 / 0.3 / 0.3: answer agreement (self-consistency, Wang et al. 2023) carries the most weight, the
@@ -86,18 +99,27 @@ from functools import lru_cache
 import numpy as np
 
 from looper_math.answers import answers_equal, extract_answer, gold_answer, normalize_number
-from looper_math.calculator import CalculatorError, evaluate
+from looper_math.calculator import MAX_RESULT, CalculatorError, evaluate
 from looper_math.regime_w.arms import stable_seed
 
-__all__ = ["Step", "extract_steps", "question_numbers", "score_group", "SMALL_CONSTANTS"]
+__all__ = ["Step", "extract_steps", "read_steps", "question_numbers", "score_group", "SMALL_CONSTANTS"]
 
 SMALL_CONSTANTS = frozenset(
     [0.1, 0.2, 0.25, 0.5, 0.75, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 52, 60, 100, 365, 1000]
 )
-CF_REL_TOL = 1e-4
+CF_REL_TOL = 1e-9
 
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+_SP = "[ \u00a0\u202f]"  # a thousands space: plain, no-break or narrow no-break ("150 000")
+# A number is read whole or not at all: "1,234" and "150 000" are thousands, "1.5" a decimal; a run
+# that fits no form ("1.234,5", "1 234,5", "1,2,3") is skipped, never read as its pieces.
+_NUM = (
+    r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?"
+    rf"|\d{{1,3}}(?:{_SP}\d{{3}})+(?!\d)(?:\.\d+)?"
+    r"|\d+(?:\.\d+)?|\.\d+)"
+    rf"(?![.,]?\d|{_SP}\d{{3}}(?!\d))"
+)
 _MIXED = r"\d+[ \t]\d+/\d+(?!\d)"  # "1 1/2": one number, 1.5
+_MIXED_WHOLE = re.compile(r"(?P<whole>\d+)[ \t](?P<a>\d+)/(?P<b>\d+)")
 # One optional space inside an operand ("$ 5", "20 %"), the rest only between tokens: every blank has
 # exactly one place to go, so the pattern cannot backtrack exponentially on long sums.
 _OPERAND = rf"\(*(?:\$[ \t]?)?(?:{_MIXED}|{_NUM})(?:[ \t]?%)?\)*"
@@ -110,19 +132,24 @@ _PLAIN_STEP = re.compile(
     rf"(?P<more>[ \t]*{_OP}[ \t]*{_OPERAND})?)"
 )
 _ANNOTATION = re.compile(r"<<(?P<lhs>[^<>=]+)=(?P<rhs>[^<>=]+)>>")
+_ANY_ANNOTATION = re.compile(r"<<[^<>]*>>")
 _TOKEN = re.compile(rf"\$?[ \t]*(?:(?P<mixed>{_MIXED})|(?P<num>{_NUM}))(?P<pct>[ \t]*%)?")
 _QUESTION_NUMBER = re.compile(rf"(?<![\d.])(?:(?P<mixed>{_MIXED})|(?P<num>{_NUM}))(?P<pct>[ \t]*(?:%|percent\b))?")
 
 
 def _number(text: str) -> float:
-    """Value of a ``_NUM`` or ``_MIXED`` match (commas, mixed numbers); fractions via normalize_number."""
-    t = text.replace(",", "").replace("$", "").strip()
-    if " " in t or "\t" in t:
-        whole, frac = t.split(None, 1)
-        a, b = frac.split("/")
-        return int(whole) + int(a) / int(b) if int(b) else math.nan
-    n = normalize_number(t)
-    return float(n) if n is not None else math.nan
+    """Value of a ``_NUM`` or ``_MIXED`` match (thousands commas or spaces, mixed numbers ``1 1/2``);
+    NaN for anything else, including values that are not finite."""
+    t = text.replace("$", "").strip()
+    try:
+        m = _MIXED_WHOLE.fullmatch(t)
+        if m:
+            v = int(m["whole"]) + int(m["a"]) / int(m["b"]) if int(m["b"]) else math.nan
+        else:
+            v = float(re.sub(rf"(?<=\d)(?:,|{_SP})(?=\d{{3}})", "", t))
+    except (ValueError, OverflowError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
 
 
 _UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
@@ -218,29 +245,63 @@ def _parse_lhs(lhs: str, percent_result: bool) -> tuple[str, tuple[float, ...], 
     return t, tuple(operands), tuple(decimals)
 
 
+_RHS = re.compile(rf"(?P<neg>[-\u2212])?(?:(?P<mixed>{_MIXED})|(?P<num>{_NUM})(?:/(?P<den>{_NUM}))?)(?P<pct>%)?")
+
+
+def _stated(rhs: str) -> tuple[float, int, bool] | None:
+    """(value, decimals written, is a percentage) of a stated result, or None when it is not one number."""
+    t = re.sub(r"[ \t]+", " ", rhs.strip().replace("$", "")).rstrip(".").strip()
+    t = re.sub(r"^([-\u2212]) ", r"\1", t).replace(" %", "%")
+    m = _RHS.fullmatch(t)
+    if m is None:
+        return None
+    if m["mixed"]:
+        value, decimals = _number(m["mixed"]), 6
+    elif m["den"]:
+        den = _number(m["den"])
+        value, decimals = (_number(m["num"]) / den if den else math.nan), 6
+    else:
+        value, decimals = _number(m["num"]), _decimals(m["num"])
+    if math.isnan(value):
+        return None
+    return (-value if m["neg"] else value), decimals, bool(m["pct"])
+
+
 def _make_step(lhs: str, rhs: str, span: tuple[int, int]) -> Step | None:
-    rhs_clean = re.sub(r"[ \t]+", " ", rhs.strip().replace("$", "")).rstrip(".").replace("- ", "-")
-    percent_result = rhs_clean.endswith("%")
-    rhs_clean = rhs_clean.rstrip("%").strip()
+    stated = _stated(rhs)
+    if stated is None:
+        return None
+    value_stated, decimals, percent_result = stated
     parsed = _parse_lhs(lhs, percent_result)
-    stated = _number(rhs_clean.lstrip("-")) * (-1 if rhs_clean.startswith("-") else 1)
-    if parsed is None or math.isnan(stated):
+    if parsed is None:
         return None
     template, operands, op_decimals = parsed
-    decimals = _decimals(rhs_clean.replace(",", "")) if " " not in rhs_clean and "/" not in rhs_clean else 6
+    if any(math.isnan(x) for x in operands):
+        return None
     value = _calc(template.format(*(_fmt(v) for v in operands)))
-    valid = value is not None and _shown_as(value, stated, decimals)
-    return Step(template, operands, op_decimals, stated, decimals, value, valid, span)
+    valid = value is not None and _shown_as(value, value_stated, decimals)
+    return Step(template, operands, op_decimals, value_stated, decimals, value, valid, span)
 
 
-def extract_steps(text: str) -> list[Step]:
-    """The written calculations of ``text`` in order: ``<<expr=c>>`` annotations and ``a op b = c``."""
+# An "=" between a number and a number (or "(", "$", a sign) that is not the "3*4=<<3*4=12>>12" of
+# GSM8K's calculator format: a written calculation, whether or not it reads as a step.
+_EQUALS = re.compile(r"[\d%)][ \t]*(?P<eq>=)(?![ \t]*\$?[ \t]*<<)(?=[ \t]*[-\u2212]?[ \t]*\$?[ \t]*[\d.(])")
+
+
+def read_steps(text: str) -> tuple[list[Step], int]:
+    """The steps of ``text`` (see ``extract_steps``) and how many written calculations were not read
+    as one: a ``<<...>>`` annotation that is not ``<<expr=number>>`` plain arithmetic, or a number
+    ``=`` number outside every step ("4080 + 4080/2 = 4000 + 2040", "1.234,5 + 2 = 1236,5")."""
     found: list[Step] = []
     taken: list[tuple[int, int]] = []
-    for m in _ANNOTATION.finditer(text):
-        step = _make_step(m.group("lhs"), m.group("rhs"), m.span())
+    unparsed = 0
+    for m in _ANY_ANNOTATION.finditer(text):
         taken.append(m.span())
-        if step is not None:
+        a = _ANNOTATION.fullmatch(m.group())
+        step = _make_step(a["lhs"], a["rhs"], m.span()) if a else None
+        if step is None:
+            unparsed += 1
+        else:
             found.append(step)
     for m in _PLAIN_STEP.finditer(text):
         s, e = m.start(), max(m.end("rhs"), m.end("rpct"))
@@ -253,14 +314,25 @@ def extract_steps(text: str) -> list[Step]:
         if step is not None:
             found.append(step)
     found.sort(key=lambda st: st.span)
-    return found
+    spans = taken + [st.span for st in found]
+    for m in _EQUALS.finditer(text):
+        at = m.start("eq")
+        unparsed += not any(s <= at < e for s, e in spans)
+    return found, unparsed
+
+
+def extract_steps(text: str) -> list[Step]:
+    """The written calculations of ``text`` in order: ``<<expr=c>>`` annotations and ``a op b = c``."""
+    return read_steps(text)[0]
 
 
 def question_numbers(question: str) -> list[tuple[float, bool]]:
     """Distinct numbers of the question in order of first appearance, each with "is a percentage"."""
     hits: list[tuple[int, float, bool]] = []
     for m in _QUESTION_NUMBER.finditer(question):
-        hits.append((m.start(), _number(m.group("mixed") or m.group("num")), bool(m.group("pct"))))
+        v = _number(m.group("mixed") or m.group("num"))
+        if abs(v) <= MAX_RESULT:  # NaN and numbers past the calculator's range are no input
+            hits.append((m.start(), v, bool(m.group("pct"))))
     for m in _WORD_NUMBER.finditer(question):
         if m.group("small"):
             v = _UNITS.index(m.group("small").lower())
@@ -381,67 +453,18 @@ def _same(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=CF_REL_TOL, abs_tol=1e-9)
 
 
-# --------------------------------------------------------------------------- scores
-
-
-def score_group(
-    question: str,
-    trajectories: list[str],
-    reference: str | None = None,
-    weights: tuple[float, float, float] = (0.4, 0.3, 0.3),
-    cf_perturbations: int = 3,
-    seed: int = 0,
-    answer_mode: str = "strict",
-) -> list[dict]:
-    """Score one question's trajectories (see the module docstring for every definition)."""
-    if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"score_group: weights must be three non-negative numbers with a positive sum, got {weights}")
-    if cf_perturbations < 1:
-        raise ValueError(f"score_group: cf_perturbations must be >= 1, got {cf_perturbations}")
-    w_end, w_path, w_cf = (w / sum(weights) for w in weights)
-    n = len(trajectories)
-    qnums = question_numbers(question)
-    answers = [extract_answer(t, mode=answer_mode) for t in trajectories]
-    steps = [extract_steps(t) for t in trajectories]
-    refs = [_refs(s, qnums) for s in steps]
-    programs = [_compile(s, r, a, qnums) for s, r, a in zip(steps, refs, answers)]
-
-    # ---- s_end
-    same = [[j for j in range(n) if j != i and answers_equal(answers[j], answers[i])] for i in range(n)]
-    s_end = [len(same[i]) / (n - 1) if n > 1 and answers[i] is not None else 0.0 for i in range(n)]
-
-    # ---- s_path
-    s_path, parts = [], []
-    for i in range(n):
-        st = steps[i]
-        if not st:
-            s_path.append(0.0)
-            parts.append((0.0, 0.0, 0.0))
-            continue
-        validity = sum(s.valid for s in st) / len(st)
-        flat = [r for rs in refs[i] for r in rs]
-        grounding = sum(kind != "const" or a in SMALL_CONSTANTS for kind, a in flat) / len(flat)
-        if not same[i]:
-            peers = 0.5
-        else:
-            target = float(answers[i])
-            inter = [s.stated for s in st if not math.isclose(s.stated, target, rel_tol=1e-6, abs_tol=1e-9)]
-            pool = [s.stated for j in same[i] for s in steps[j]]
-            peers = (
-                sum(any(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9) for y in pool) for x in inter) / len(inter)
-                if inter
-                else 1.0
-            )
-        parts.append((validity, grounding, peers))
-        s_path.append((validity + grounding + peers) / 3)
-
-    # ---- s_cf
-    rng = np.random.default_rng(stable_seed(seed, "cf", question))
+def _cf_scores(
+    qnums: list[tuple[float, bool]],
+    programs: list[_Program | None],
+    answers: list[str | None],
+    ref_prog: _Program | None,
+    rng_seed: int,
+    cf_perturbations: int,
+) -> tuple[list[float], str]:
+    """s_cf of every trajectory and its source (reference | peers | none); ``ref_prog`` None: peers."""
+    n = len(programs)
+    rng = np.random.default_rng(rng_seed)
     base = [v for v, _ in qnums]
-    ref_prog = None
-    if reference is not None:
-        ref_steps = extract_steps(reference)
-        ref_prog = _compile(ref_steps, _refs(ref_steps, qnums), gold_answer(reference), qnums)
     perturbed: list[list[float]] = []
     for _ in range(cf_perturbations):
         for _try in range(10):
@@ -477,7 +500,7 @@ def score_group(
             for i in majority:
                 if outputs[i] is None:
                     continue
-                sig = tuple(None if o is None else float(f"{o:.6g}") for o in outputs[i])
+                sig = tuple(None if o is None else float(f"{o:.12g}") for o in outputs[i])
                 sigs[sig] += 1
                 first.setdefault(sig, i)
             if sigs:
@@ -489,6 +512,77 @@ def score_group(
             s_cf.append(0.0)
         else:
             s_cf.append(sum(_same(o, t) for o, t in zip(outputs[i], target)) / len(perturbed))
+    return s_cf, cf_source
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def score_group(
+    question: str,
+    trajectories: list[str],
+    reference: str | None = None,
+    weights: tuple[float, float, float] = (0.4, 0.3, 0.3),
+    cf_perturbations: int = 3,
+    seed: int = 0,
+    answer_mode: str = "strict",
+) -> list[dict]:
+    """Score one question's trajectories (see the module docstring for every definition)."""
+    if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"score_group: weights must be three non-negative numbers with a positive sum, got {weights}")
+    if cf_perturbations < 1:
+        raise ValueError(f"score_group: cf_perturbations must be >= 1, got {cf_perturbations}")
+    w_end, w_path, w_cf = (w / sum(weights) for w in weights)
+    n = len(trajectories)
+    qnums = question_numbers(question)
+    answers = [extract_answer(t, mode=answer_mode) for t in trajectories]
+    read = [read_steps(t) for t in trajectories]
+    steps = [st for st, _ in read]
+    unparsed = [u for _, u in read]
+    refs = [_refs(s, qnums) for s in steps]
+    programs = [_compile(s, r, a, qnums) for s, r, a in zip(steps, refs, answers)]
+
+    # ---- s_end
+    same = [[j for j in range(n) if j != i and answers_equal(answers[j], answers[i])] for i in range(n)]
+    s_end = [len(same[i]) / (n - 1) if n > 1 and answers[i] is not None else 0.0 for i in range(n)]
+
+    # ---- s_path
+    s_path, parts = [], []
+    for i in range(n):
+        st = steps[i]
+        if not st:
+            s_path.append(0.0)
+            parts.append((0.0, 0.0, 0.0))
+            continue
+        validity = sum(s.valid for s in st) / (len(st) + unparsed[i])  # unread calculations are unconfirmed
+        flat = [r for rs in refs[i] for r in rs]
+        grounding = sum(kind != "const" or a in SMALL_CONSTANTS for kind, a in flat) / len(flat)
+        if not same[i]:
+            peers = 0.5
+        else:
+            target = float(answers[i])
+            inter = [s.stated for s in st if not math.isclose(s.stated, target, rel_tol=1e-6, abs_tol=1e-9)]
+            pool = [s.stated for j in same[i] for s in steps[j]]
+            peers = (
+                sum(any(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9) for y in pool) for x in inter) / len(inter)
+                if inter
+                else 1.0
+            )
+        parts.append((validity, grounding, peers))
+        s_path.append((validity + grounding + peers) / 3)
+
+    # ---- s_cf: against the reference program, and label-free against the peers' consensus program
+    ref_prog = None
+    if reference is not None:
+        try:
+            gold = gold_answer(reference)
+        except ValueError:  # no "#### N" line: no reference program, the peers judge
+            gold = None
+        ref_steps = extract_steps(reference)
+        ref_prog = _compile(ref_steps, _refs(ref_steps, qnums), gold, qnums)
+    cf_rng_seed = stable_seed(seed, "cf", question)
+    s_cf, cf_source = _cf_scores(qnums, programs, answers, ref_prog, cf_rng_seed, cf_perturbations)
+    s_cf_free = s_cf if ref_prog is None else _cf_scores(qnums, programs, answers, None, cf_rng_seed, cf_perturbations)[0]
 
     rows = []
     for i in range(n):
@@ -505,6 +599,8 @@ def score_group(
                 "path_grounding": float(parts[i][1]),
                 "path_peers": float(parts[i][2]),
                 "cf_source": cf_source,
+                "s_cf_free": float(s_cf_free[i]),
+                "n_unparsed": unparsed[i],
             }
         )
     return rows
