@@ -303,3 +303,31 @@ def test_console_script_lists_config_keys():
     keys = {k for k, _, _ in help_table()}
     assert keys <= listed, sorted(keys - listed)[:5]
     assert {"sft.learning_rate", "dpo.nll_weight", "rollouts.k", "eval.answer_mode"} <= keys
+
+
+def test_merged_adapter_generates_what_the_unmerged_one_does(run):
+    """Eval and rollouts decode from the adapter merged into a private copy of the base (issue 12): in
+    fp32 the greedy outputs equal base + unmerged LoRA, and the adapter files are not touched."""
+    from peft import PeftModel
+
+    from looper_math.generation import GenRequest, generate
+    from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
+    from looper_math.prompts import build_prompt
+
+    cfg, _ = run
+    adapter = cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors"
+    before = adapter.read_bytes()
+    tok = load_tokenizer(cfg)
+    reqs = [GenRequest(build_prompt(tok, cfg.model.prompt_format, q)) for q in
+            ("Tom has 3 apples and buys 4 more. How many?", "A box holds 6 eggs. How many eggs are in 5 boxes?")]
+    outs = {}
+    for merge in (False, True):
+        model, _ = load_model_with_adapter(cfg, "sft", "cpu", merge=merge)
+        assert isinstance(model, PeftModel) != merge
+        prepare_for_generation(model, tok, cfg.model.prompt_format)
+        outs[merge] = generate(model, tok, reqs, max_new_tokens=24, engine="hf", progress=False)
+    assert outs[True] == outs[False] and outs[True][0].num_tokens > 0
+    base, _ = load_model_with_adapter(cfg, "none", "cpu")
+    prepare_for_generation(base, tok, cfg.model.prompt_format)
+    assert generate(base, tok, reqs, max_new_tokens=24, engine="hf", progress=False) != outs[True]  # the adapter matters
+    assert adapter.read_bytes() == before

@@ -99,6 +99,7 @@ class RegimeWConfig:
     beta_coherence: float = _f(0.5, "BETA_COHERENCE: reward weight of s_wm.")
     length_penalty: float = _f(0.0005, "Reward penalty per generated token.")
     cf_perturbations: int = _f(3, "Counterfactual perturbations per question for s_cf.")
+    cf_source: str = _f("reference", "What s_cf (and so s_wm and the reward) compares a perturbed trajectory with: reference (the GSM8K solution's program) | peers (the group's consensus program, label-free; ablation).")
 
 
 @dataclass

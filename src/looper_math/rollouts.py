@@ -207,8 +207,10 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
             for start in range(0, len(todo), step):
                 part = todo[start:start + step]
                 reqs, meta = [], []
+                # the bandit allocates the whole round at once, so its exploration floor holds per round
+                allocation = bandit.allocate_round([p.question_id for p in part]) if bandit is not None else {}
                 for p in part:
-                    allocated = ([EVAL_ARM] * n_eval) + (bandit.allocate(p.question_id) if bandit is not None else [])
+                    allocated = [EVAL_ARM] * n_eval + allocation.get(p.question_id, [])
                     eval_prompt = build_prompt(tokenizer, fmt, p.question)
                     for idx in range(r.k):
                         if (p.question_id, idx) in sink:
@@ -238,7 +240,10 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     for _, idx, _, _, _, res in items:
                         group[idx] = res.text
                     groups[qid] = (p, group, sorted(group))
-                score_args = {qid: ((p.question, [group[i] for i in order], p.answer, weights, w.cf_perturbations),
+                if w.cf_source not in ("reference", "peers"):
+                    raise ValueError(f"regime_w.cf_source: expected reference | peers, got {w.cf_source!r}")
+                score_args = {qid: ((p.question, [group[i] for i in order], p.answer if w.cf_source == "reference" else None,
+                                     weights, w.cf_perturbations),
                                     {"seed": stable_seed(r.seed, qid) % (2**32), "answer_mode": cfg.eval.answer_mode})
                               for qid, (p, group, order) in groups.items()}
                 if pool is not None and len(score_args) > 1:
@@ -263,6 +268,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                             "reasoning": reasoning_of(res.text), "answer": sc["extracted_strict"] if cfg.eval.answer_mode == "strict" else sc["extracted_flexible"],
                             "gold": p.gold, "correct": sc["correct"], "num_tokens": res.num_tokens, "finished": res.finished,
                             "s_end": sco["s_end"], "s_path": sco["s_path"], "s_cf": sco["s_cf"], "s_wm": sco["s_wm"],
+                            "s_cf_free": sco["s_cf_free"], "n_unparsed": sco["n_unparsed"],
                             "reward": compute_reward(sc["correct"], sco["s_wm"], res.num_tokens, w.alpha_correct, w.beta_coherence, w.length_penalty),
                             "temperature": temperature, "top_p": top_p, "seed": seed, "model": model_id, "adapter": adapter_id,
                         })

@@ -1,0 +1,174 @@
+"""The learning recipe's pieces (issue 13) and the generation speed paths they rely on (issue 12):
+sampling without a vocabulary sort, evaluation-prompt rollouts, rejection-sampling SFT data, merged adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from looper_math.generation import sample_rows
+
+
+def _rows(n: int, top_p: float, temperature: float = 1.0):
+    return (torch.full((n,), temperature), torch.full((n,), top_p), torch.zeros(n, dtype=torch.bool))
+
+
+def test_unsorted_sampling_draws_from_the_softmax():
+    """top_p = 1 rows invert the CDF in vocabulary order: the same distribution as the sorted path."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, float("-inf"), 0.0]])
+    n = 40000
+    u = torch.rand(n)
+    t, p, g = _rows(n, 1.0, temperature=0.7)
+    tokens = sample_rows(logits.expand(n, -1), u, t, p, g, truncate=False)
+    freq = torch.bincount(tokens, minlength=6).double() / n
+    want = torch.softmax(logits[0] / 0.7, -1).double()
+    assert freq[4] == 0, "a -inf token was drawn"
+    assert torch.allclose(freq, want, atol=0.01), (freq, want)
+
+
+def test_a_rows_token_does_not_depend_on_its_batch_neighbours():
+    """A top_p = 1 row samples the same token whether or not another row of the batch needs the sort."""
+    torch.manual_seed(1)
+    logits = torch.randn(4, 50)
+    u = torch.rand(4)
+    temp = torch.tensor([0.8, 0.8, 1.0, 0.8])
+    greedy = torch.zeros(4, dtype=torch.bool)
+    all_one = sample_rows(logits, u, temp, torch.ones(4), greedy, truncate=False)
+    mixed_p = torch.tensor([1.0, 0.9, 1.0, 0.5])
+    mixed = sample_rows(logits, u, temp, mixed_p, greedy, truncate=True)
+    for i in (0, 2):
+        assert mixed[i] == all_one[i]
+    alone = [sample_rows(logits[i:i + 1], u[i:i + 1], temp[i:i + 1], mixed_p[i:i + 1], greedy[i:i + 1]) for i in range(4)]
+    assert [int(a) for a in alone] == mixed.tolist()
+
+
+def test_top_p_still_truncates():
+    logits = torch.tensor([[3.0, 2.9, -5.0, -5.0]]).expand(1000, -1)
+    u = torch.linspace(0, 0.999, 1000)
+    t, p, g = _rows(1000, 0.5)
+    assert set(sample_rows(logits, u, t, p, g).tolist()) == {0}
+
+
+# ------------------------------------------------------------------------------- rejection-sampling SFT
+
+
+def _rollout(qid, idx, text, correct, finished=True, reward=1.0, gold="12"):
+    return {"question_id": qid, "sample_idx": idx, "full_text": text, "correct": correct, "finished": finished,
+            "reward": reward, "gold": gold}
+
+
+def test_rft_targets_keep_distinct_correct_finished_best_first(tmp_path):
+    from looper_math.sft import rft_targets
+
+    rows = [
+        _rollout("q1", 0, "3 * 4 = 12\n#### 12", True, reward=1.2),
+        _rollout("q1", 1, "3 * 4 = 12\n#### 12", True, reward=1.2),  # duplicate text
+        _rollout("q1", 2, "4 + 8 = 12. The answer is 12.", True, reward=1.4),  # best, no #### line
+        _rollout("q1", 3, "3 + 4 = 7\n#### 7", False),
+        _rollout("q1", 4, "3 * 4 = 12 and then", True, finished=False),  # cut by max tokens
+        _rollout("q1", 5, "12", True, reward=0.9),
+        _rollout("q2", 0, "wrong\n#### 5", False),
+        _rollout("q3", 0, "ok\n#### 12", True),
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = rft_targets(path, per_question=2, question_ids={"q1", "q2"})
+    assert got == {"q1": ["4 + 8 = 12. The answer is 12.\n#### 12", "3 * 4 = 12\n#### 12"]}
+
+
+def test_rft_targets_name_a_missing_file(tmp_path):
+    from looper_math.runio import DataError
+    from looper_math.sft import rft_targets
+
+    with pytest.raises(DataError, match="r.jsonl"):
+        rft_targets(tmp_path / "r.jsonl", 2)
+
+
+# ------------------------------------------------------------------ rollouts under the evaluation prompt
+
+
+@pytest.fixture
+def eval_prompt_rollouts(smoke_cfg):
+    from looper_math.rollouts import collect_rollouts
+
+    cfg = smoke_cfg("rollouts.k=4", "rollouts.limit=3", "rollouts.eval_prompt_share=0.5", "rollouts.temperature=0.9",
+                    "rollouts.score_workers=2", "rollouts.adapter=none", "regime_w.allocation=ucb")
+    summary = collect_rollouts(cfg)
+    rows = [json.loads(x) for x in cfg.path(cfg.rollouts.output).read_text().splitlines()]
+    return cfg, summary, rows
+
+
+def test_eval_prompt_samples_are_on_policy(eval_prompt_rollouts):
+    cfg, summary, rows = eval_prompt_rollouts
+    assert len(rows) == 12 and summary["questions"] == 3
+    for r in rows:
+        if r["sample_idx"] < 2:
+            assert r["arm"] == "eval_prompt" and r["prompt"] == r["eval_prompt"] and r["temperature"] == 0.9, r
+        else:
+            assert r["arm"] != "eval_prompt" and r["prompt"] != r["eval_prompt"], r
+        for key in ("s_cf_free", "n_unparsed"):
+            assert key in r
+    assert summary["per_arm"]["eval_prompt"]["pulls"] == 6
+    assert sum(st["pulls"] for st in summary["per_arm"].values()) == 12
+    assert sum(summary["bandit_state"]["pulls"]) == 6  # the bandit counts its own arms' samples only
+    timing = summary["this_run"]
+    assert timing["generate_seconds"] > 0 and timing["score_seconds"] > 0 and "other_seconds" in timing
+
+
+def test_all_samples_under_the_eval_prompt_need_no_bandit(smoke_cfg):
+    from looper_math.rollouts import collect_rollouts
+
+    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=2", "rollouts.eval_prompt_share=1.0", "rollouts.adapter=none",
+                    "rollouts.score_workers=1", "regime_w.cf_source=peers")
+    summary = collect_rollouts(cfg)
+    rows = [json.loads(x) for x in cfg.path(cfg.rollouts.output).read_text().splitlines()]
+    assert summary["bandit_state"] is None and {r["arm"] for r in rows} == {"eval_prompt"}
+    assert all(r["s_cf"] == r["s_cf_free"] for r in rows)  # peers: s_cf uses no reference program
+
+
+def test_sft_on_rft_data_trains_on_the_models_own_text(eval_prompt_rollouts):
+    """sft.data=rft reads the correct rows of a rollouts file; no correct row -> a one-line error."""
+    from looper_math.runio import DataError
+    from looper_math.sft import build_dataset
+    from looper_math.modeling import load_tokenizer
+
+    cfg, _, rows = eval_prompt_rollouts
+    path = cfg.path(cfg.rollouts.output)
+    # the tiny model is rarely right: mark two rows correct by hand, as grading would
+    fixed = []
+    for r in rows:
+        r = dict(r, correct=r["sample_idx"] == 0 and r["question_id"] != rows[0]["question_id"], finished=True)
+        fixed.append(r)
+    path.write_text("".join(json.dumps(r) + "\n" for r in fixed))
+    tok = load_tokenizer(cfg)
+    cfg.sft.data, cfg.sft.rft_rollouts = "rft", str(path)
+    cfg.data.dev_size = 0
+    ds, _ = build_dataset(cfg, tok)
+    wanted = {r["full_text"].strip() for r in fixed if r["correct"] and r["full_text"].strip()}
+    completions = [ex["completion"] if isinstance(ex["completion"], str) else ex["completion"][0]["content"] for ex in ds]
+    assert len(ds) == len(wanted) and all(any(c.startswith(w) for w in wanted) for c in completions)
+    assert all("####" in c for c in completions)
+    cfg.sft.data = "gold+rft"
+    both, _ = build_dataset(cfg, tok)
+    assert len(both) > len(ds)
+    for r in fixed:
+        r["correct"] = False
+    path.write_text("".join(json.dumps(r) + "\n" for r in fixed))
+    cfg.sft.data = "rft"
+    with pytest.raises(DataError, match="no training examples"):
+        build_dataset(cfg, tok)
+
+
+def test_run_rolls_out_from_the_base_model_before_rft_sft(smoke_cfg, monkeypatch):
+    """`looper-math run` with sft.data=rft writes the base-model rollouts first, then SFT reads them."""
+    from looper_math import pipeline
+
+    calls = []
+    cfg = smoke_cfg("sft.data=rft", "sft.rft_rollouts=data/base.jsonl")
+    monkeypatch.setattr("looper_math.rollouts.collect_rollouts", lambda c, **kw: calls.append(("rollouts", c.rollouts.adapter, c.rollouts.output)) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run_pipeline(cfg)
+    assert calls == [("rollouts", "none", "data/base.jsonl")]
