@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml chosen on the dev
+# split, then every checkpoint and ablation evaluated on the full GSM8K test split (1,319 questions).
+#
+#   OUT=... bash bench/learning.sh STAGE [DEADLINE_S]      (GPU machine, repo root, model parts in $M)
+#
+# Three stages, each one call of under ten minutes (DEADLINE_S, default 560, bounds the stage: every
+# command gets the time left minus a reserve for packing the results). Every step resumes: a stage cut
+# by its deadline is finished by the next one, which first reruns what came before it.
+#   1  `looper-math run` on the dev split: base rollouts (eval prompt) -> RFT SFT -> on-policy rollouts
+#      from SFT -> correctness-first pairs -> DPO + NLL -> dev evals of base, SFT, DPO
+#   2  test-split evals of base, SFT, DPO + paired tests; merged vs unmerged adapter (dev split);
+#      ablation (a): correctness-only pairs
+#   3  ablations (b) DPO without the NLL term, (c) s_cf label-free (peer consensus, no reference program)
+# Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
+set -uo pipefail
+STAGE="${1:?stage 1|2|3}"; DEADLINE="${2:-560}"
+OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
+START=$SECONDS; RESERVE=25
+if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD/src"
+else
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -f "$M/SHA256" ] && [ ! -f "$M/qwen05/config.json" ]; then
+  cat "$M"/part_* > "$M/model.gguf" || exit 1
+  want=$(cut -d' ' -f1 "$M/SHA256"); got=$(sha256sum "$M/model.gguf" | cut -d' ' -f1)
+  [ "$want" = "$got" ] || { echo "model.gguf SHA256 mismatch: $got != $want"; exit 1; }
+  python3 -m looper_math.cli convert-gguf "$M" model.gguf "$M/qwen05" || exit 1
+fi
+L="python3 -m looper_math.cli"
+R=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['run_dir'])")
+left() { echo $((DEADLINE - (SECONDS - START) - RESERVE)); }
+step() {  # step CMD...: run with the time left; never past the deadline
+  local t; t=$(left)
+  if [ "$t" -lt 20 ]; then echo "=== skipped (deadline): $*"; return 124; fi
+  echo "=== $* ($(date +%T), ${t}s left)"; local t0=$SECONDS
+  timeout -s INT -k 15 "$t" "$@"; local rc=$?
+  echo "=== rc=$rc in $((SECONDS - t0))s"; return $rc
+}
+evaltest() {  # evaltest NAME ADAPTER: greedy eval on the full test split -> outputs/NAME_test_eval.jsonl
+  step $L eval -c "$CFG" --adapter "$2" --set eval.split=test --output "$R/outputs/$1_test_eval.jsonl" --resume
+}
+cmp() { [ -f "$R/outputs/$1.jsonl" ] && [ -f "$R/outputs/$2.jsonl" ] && $L compare "$R/outputs/$1.jsonl" "$R/outputs/$2.jsonl" | tee "$R/outputs/compare_$1__$2.txt"; }
+ablation() {  # ablation NAME PAIRS_FILE [--set ...]: DPO from the same SFT adapter on other pairs, then the test eval
+  local name="$1" pairs="$2"; shift 2
+  step $L dpo -c "$CFG" --set prefs.output="$pairs" --set dpo.output_dir="checkpoints/dpo_$name" "$@" --resume &&
+    evaltest "dpo_$name" "$R/checkpoints/dpo_$name" && cmp sft_test_eval "dpo_${name}_test_eval" && cmp dpo_test_eval "dpo_${name}_test_eval"
+}
+
+step $L run -c "$CFG"   # stage 1's pipeline; a later stage finds it complete (or finishes it)
+case "$STAGE" in
+  1) ;;
+  2)
+    evaltest base none; evaltest sft sft; evaltest dpo dpo
+    cmp base_test_eval sft_test_eval; cmp sft_test_eval dpo_test_eval; cmp base_test_eval dpo_test_eval
+    # issue 12: the merged adapter (default) against the unmerged reference path, same dev questions
+    step $L eval -c "$CFG" --adapter sft --set eval.merge_adapter=false --output "$R/outputs/sft_dev_eval_unmerged.jsonl" --resume &&
+      cmp sft_dev_eval sft_dev_eval_unmerged
+    # ablation (a): correctness pairs only (same rollouts)
+    [ -f "$R/data/preferences_corr.jsonl" ] || step $L prefs -c "$CFG" --set 'prefs.pair_types=[correctness]' --set prefs.output=data/preferences_corr.jsonl
+    ablation corr data/preferences_corr.jsonl
+    ;;
+  3)
+    ablation nonll data/preferences.jsonl --set dpo.nll_weight=0
+    # ablation (c): s_cf from the peers' consensus program instead of the GSM8K reference (label-free), the
+    # rollouts re-scored without regenerating them (s_cf_free is stored in every row), then pairs and DPO
+    if [ ! -f "$R/data/preferences_cffree.jsonl" ]; then
+      python3 bench/relabel_cf_free.py -c "$CFG" "$R/data/rollouts_train.jsonl" "$R/data/rollouts_train_cffree.jsonl" &&
+        step $L prefs -c "$CFG" --set prefs.output=data/preferences_cffree.jsonl --set rollouts.output=data/rollouts_train_cffree.jsonl
+    fi
+    ablation cffree data/preferences_cffree.jsonl
+    ;;
+esac
+
+# What comes back (at most 8 files): this stage's log is tee'd by the caller; summaries and per-example eval
+# rows (test and dev), pair summaries and train summaries in one archive; adapters and rollouts stay.
+mkdir -p "$OUT"
+tar czf "$OUT/stage$STAGE.tgz" -C "$R" --exclude='*.safetensors' --exclude='trainer' --exclude='rollouts_*.jsonl' \
+  outputs data $(cd "$R" && ls -d checkpoints/*/train_summary.json checkpoints/*/resolved_config.yaml 2>/dev/null) 2>/dev/null
+ls -la "$OUT"
+echo "stage $STAGE done in $((SECONDS - START))s"
