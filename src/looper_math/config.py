@@ -332,3 +332,71 @@ def help_table(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
     return rows
+
+
+# What shapes each phase's output: its own config sections or keys, and the phases whose outputs it reads
+# (their settings count too, so a fingerprint covers its inputs). Left out everywhere: NOT_SETTINGS.
+PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sft": (("model", "data", "lora", "sft"), ()),
+    "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
+    "eval_sft": (("model", "data", "eval"), ("sft",)),
+    "eval_dpo": (("model", "data", "eval"), ("dpo",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ("sft",)),
+    "prefs": (("prefs",), ("rollouts",)),
+    "dpo": (("dpo",), ("prefs", "sft")),
+}
+# where outputs go and how often progress is logged or checkpointed: not what an output holds
+NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
+                          "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
+                          "eval.base_output", "eval.sft_output", "eval.dpo_output"})
+
+
+def eval_phase(adapter: str | None) -> str:
+    """The PHASE_SETTINGS key of an evaluation of ``adapter`` (sft | dpo | none | a path)."""
+    return {"sft": "eval_sft", "dpo": "eval_dpo"}.get(str(adapter), "eval")
+
+
+def _phase_keys(phase: str) -> list[str]:
+    own, after = PHASE_SETTINGS[phase]
+    keys = list(own)
+    for up in after:
+        keys += [k for k in _phase_keys(up) if k not in keys]
+    return keys
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def phase_settings(cfg: Config | dict, phase: str) -> dict[str, Any]:
+    """The resolved settings (dotted key -> value) that shape ``phase``'s output, its inputs' included."""
+    keys = _phase_keys(phase)
+    flat = _flat(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    return {k: v for k, v in flat.items()
+            if k not in NOT_SETTINGS and any(k == s or k.startswith(s + ".") for s in keys)}
+
+
+def fingerprint(cfg: Config, phase: str) -> str:
+    """Short hash of ``phase_settings``; every phase writes it into its summary as ``settings_fingerprint``."""
+    text = json.dumps(phase_settings(cfg, phase), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tuple[str, Any, Any]]:
+    """(key, value then, value now) for every setting of ``phase`` that differs from the resolved config
+    written with its output."""
+    p = Path(resolved)
+    try:
+        old_tree = yaml_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(old_tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]

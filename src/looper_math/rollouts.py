@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from looper_math.config import Config, save_resolved
+from looper_math.config import Config, fingerprint, save_resolved
 from looper_math.data import load_split
 from looper_math.evaluate import score_row
 from looper_math.generation import GenRequest, generate
@@ -87,6 +87,7 @@ def summarize(rows: list[dict], bandit: Bandit, run_tokens: int, run_seconds: fl
         },
         "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
                      "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None},
+        "settings_fingerprint": fingerprint(cfg, "rollouts"),
     }
 
 

@@ -237,3 +237,15 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
 
 def losses(log_history: list[dict]) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+
+
+def loss_line(log_history: list[dict]) -> str:
+    """The last logged loss, and the mean of all logged losses named as a mean. (The Trainer's
+    ``training_loss`` is a mean too, and after a resume only over the resumed steps.) The log history
+    holds the steps before a resume as well: the Trainer restores it from the checkpoint."""
+    logged = losses(log_history)
+    if not logged:
+        return "no loss logged"
+    step, last = logged[-1]
+    mean = sum(v for _, v in logged) / len(logged)
+    return f"last logged loss {last:.4f} (step {step}), mean of {len(logged)} logged losses {mean:.4f}"
