@@ -71,10 +71,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def share_files(root: str | Path) -> None:
+    """Give every file under ``root`` the mode a plain ``open()`` gives (safetensors writes 0o600)."""
+    mode = 0o666 & ~_umask()
+    for p in Path(root).rglob("*"):
+        if p.is_file():
+            os.chmod(p, mode)
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written temp directory into place; the previous one is removed only afterwards."""
     final_dir = Path(final_dir)
     os.chmod(tmp_dir, 0o777 & ~_umask())  # the mode mkdir() gives; mkdtemp's is 0o700
+    share_files(tmp_dir)
     old = final_dir.with_name(f".{final_dir.name}.old")
     if old.exists():
         shutil.rmtree(old)
