@@ -16,7 +16,10 @@ exercised.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -86,8 +89,11 @@ def run(tmp_path_factory, tiny_model_dir):
         f"data.train={train}", f"data.test={test}", "data.dev_size=0", "sft.limit=8", "sft.max_steps=24",
         "sft.save_steps=12", "sft.learning_rate=1.0e-2", "rollouts.limit=8", "rollouts.questions_per_round=4",
         "eval.limit=8"])
-    result = run_pipeline(cfg)
-    return cfg, result
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = run_pipeline(cfg)
+    print(out.getvalue())
+    return cfg, {**result, "stdout": out.getvalue()}
 
 
 # --------------------------------------------------------------------------------------------- schemas
@@ -270,6 +276,97 @@ def test_rerun_skips_every_phase_and_touches_nothing(run):
     after = file_state(Path(cfg.run_dir))
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"a rerun changed {changed[:5]}"
+
+
+# --------------------------------------------------------------------------------------------- stale outputs (issue 11)
+
+SUMMARIES = {"sft": "checkpoints/sft_lora/train_summary.json", "dpo": "checkpoints/dpo_lora/train_summary.json",
+             "eval": "outputs/base_eval.summary.json", "eval_sft": "outputs/sft_eval.summary.json",
+             "eval_dpo": "outputs/dpo_eval.summary.json", "rollouts": "data/rollouts.summary.json",
+             "prefs": "data/preferences.summary.json"}
+
+
+def test_every_summary_records_its_settings_fingerprint(run):
+    from looper_math.config import fingerprint
+
+    cfg, _ = run
+    for phase, rel in SUMMARIES.items():
+        assert json.loads(cfg.path(rel).read_text())["settings_fingerprint"] == fingerprint(cfg, phase), phase
+
+
+def test_changed_setting_stops_before_any_work_naming_the_keys(run):
+    from looper_math.pipeline import run_pipeline
+    from looper_math.runio import StaleOutputError
+
+    cfg, _ = run
+    before = file_state(Path(cfg.run_dir))
+    c = copy.deepcopy(cfg)
+    c.rollouts.k = 4
+    with pytest.raises(StaleOutputError) as e:
+        run_pipeline(c)
+    msg = str(e.value)
+    assert "phase 2: rollouts" in msg and "rollouts.k 8 -> 4" in msg and "--rerun-changed" in msg and "\n" not in msg, msg
+    c.eval.answer_mode = "strict"  # the first phase it changes is the base-model eval
+    with pytest.raises(StaleOutputError, match=r"eval base model: settings changed since it ran: eval.answer_mode 'flexible' -> 'strict'"):
+        run_pipeline(c)
+    assert file_state(Path(cfg.run_dir)) == before
+
+
+def _copy_run(cfg, dst: Path):
+    shutil.copytree(cfg.run_dir, dst)
+    c = copy.deepcopy(cfg)
+    c.run_dir = str(dst)
+    return c
+
+
+def test_truncated_output_is_reported_not_skipped(run, tmp_path):
+    from looper_math.pipeline import run_pipeline
+    from looper_math.runio import StaleOutputError
+
+    cfg, _ = run
+    c = _copy_run(cfg, tmp_path / "run")
+    rollouts = c.path(c.rollouts.output)
+    lines = rollouts.read_text().splitlines(keepends=True)
+    rollouts.write_text("".join(lines[:-1]))
+    with pytest.raises(StaleOutputError, match=rf"phase 2: rollouts: {rollouts} holds {len(lines) - 1} rows but rollouts.summary.json counts {len(lines)}"):
+        run_pipeline(c)
+
+
+def test_rerun_changed_reruns_the_changed_phases_then_all_current(run, tmp_path):
+    from looper_math.config import fingerprint
+    from looper_math.pipeline import run_pipeline
+
+    cfg, _ = run
+    c = _copy_run(cfg, tmp_path / "run")
+    c.eval.limit = 4
+    result = run_pipeline(c, rerun_changed=True)
+    assert result["phases_run"] == ["phase 5: eval base model", "phase 5: eval SFT", "phase 5: eval DPO"]
+    for phase in ("eval", "eval_sft", "eval_dpo"):
+        s = json.loads(c.path(SUMMARIES[phase]).read_text())
+        assert s["n"] == 4 and s["settings_fingerprint"] == fingerprint(c, phase) != fingerprint(cfg, phase)
+    assert result["compare"]["n"] == 4
+    assert run_pipeline(c)["phases_run"] == []
+
+
+def test_training_prints_the_last_logged_loss_and_names_the_mean(run):
+    cfg, result = run
+    for phase, d in (("sft", cfg.sft.output_dir), ("dpo", cfg.dpo.output_dir)):
+        summary = json.loads((cfg.path(d) / "train_summary.json").read_text())
+        step, last = summary["losses"][-1]
+        line = next(x for x in result["stdout"].splitlines() if x.startswith(f"{phase}: "))
+        assert f"last logged loss {last:.4f} (step {step})" in line and "mean of" in line, line
+        assert "final" not in line, line
+
+
+def test_outputs_are_readable_as_the_umask_allows(run):
+    import stat
+
+    cfg, _ = run
+    mask = os.umask(0)
+    os.umask(mask)
+    hidden = [str(p) for p in Path(cfg.run_dir).rglob("*")
+              if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044 & ~mask]
+    assert not hidden, hidden[:5]
 
 
 # --------------------------------------------------------------------------------------------- CLI

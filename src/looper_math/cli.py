@@ -26,6 +26,19 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an existing 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"looper-math {version('looper-math')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False):
+    """Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from looper_math.config import ConfigError
     from looper_math.modeling import ModelError
@@ -49,7 +62,10 @@ def _load(config: Path | None, overrides: list[str] | None):
 _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _guard(fn, *args, **kwargs):
+RERUN = "rerun the same command once fixed"  # what commands without --resume say (`run` continues by itself)
+
+
+def _guard(fn, *args, again: str = "rerun with --resume once fixed", **kwargs):
     try:
         return fn(*args, **kwargs)
     except _user_errors() as e:
@@ -59,7 +75,7 @@ def _guard(fn, *args, **kwargs):
         if e.errno not in _ENV_ERRNOS:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; finished files are kept, rerun with --resume once fixed", file=sys.stderr)
+        print(f"error: {e.strerror or e}{where}; finished files are kept, {again}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -96,7 +112,7 @@ def prefs(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt 
         cfg = _load(config, set)
         return run_prefs(cfg, cfg.path(cfg.rollouts.output), cfg.path(cfg.prefs.output), overwrite=overwrite)
 
-    _guard(go)
+    _guard(go, again=RERUN)
 
 
 @app.command()
@@ -133,7 +149,7 @@ def merge(output: Annotated[Path, typer.Argument(help="The unsharded output, e.g
     """Merge the shard files of `rollouts/eval --shard i/n` into OUTPUT (every key exactly once) + its summary."""
     from looper_math.shards import merge as do_merge
 
-    _guard(lambda: do_merge(kind, output, shards, overwrite=overwrite))
+    _guard(lambda: do_merge(kind, output, shards, overwrite=overwrite), again=RERUN)
 
 
 @app.command()
@@ -151,16 +167,17 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (run_dir 
     """One HTML page (+PNGs) summarizing a run."""
     from looper_math.report import build_report
 
-    _guard(lambda: print(f"report -> {build_report(run_dir, out)}"))
+    _guard(lambda: print(f"report -> {build_report(run_dir, out)}"), again=RERUN)
 
 
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
-        rounds: Annotated[int, typer.Option(help="Iterative rounds of rollouts -> pairs -> DPO (each from the newest adapter).")] = 1):
-    """All five phases from one config; phases whose outputs are complete are skipped, partial ones resumed."""
+        rounds: Annotated[int, typer.Option(help="Iterative rounds of rollouts -> pairs -> DPO (each from the newest adapter).")] = 1,
+        rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran (and what depends on it) instead of stopping.")] = False):
+    """All five phases from one config; complete and current phases are skipped, partial ones resumed, changed ones stop the run (see --rerun-changed)."""
     from looper_math.pipeline import run_pipeline
 
-    _guard(lambda: run_pipeline(_load(config, set), rounds=rounds, overwrite=overwrite))
+    _guard(lambda: run_pipeline(_load(config, set), rounds=rounds, overwrite=overwrite, rerun_changed=rerun_changed), again=RERUN)
 
 
 @app.command("config")

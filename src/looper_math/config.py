@@ -1,20 +1,29 @@
 """Typed configuration: dataclasses with help text, loaded from YAML, overridden with ``--set key=value``.
 
 Every phase writes the resolved config next to its outputs (``resolved_config.yaml``), so a result can
-always be traced to the exact settings that produced it. Unknown keys and wrongly typed values are
-errors that name the key (a typo must never be silently ignored).
+always be traced to the exact settings that produced it. Unknown keys, wrongly typed values, values
+outside an enumeration (``Literal[...]``) and out-of-range numbers (``Annotated[..., Field(ge=...)]``) are
+errors at load time, before any work, in one line naming the key, the value and what is allowed (a typo
+must never be silently ignored, nor fail deep inside a phase). Each field is checked by pydantic's strict
+``TypeAdapter`` against its annotation, so a new field only needs the right type.
+
+YAML is read with the YAML 1.2 rule for floats: ``1e-4`` is a number (YAML 1.1, PyYAML's default, needs
+``1.0e-4`` and reads ``1e-4`` as a string).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import hashlib
+import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, TypeAdapter, ValidationError
 
 
 class ConfigError(ValueError):
@@ -27,13 +36,26 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# Ranges, checked at load time (pydantic reads the Field metadata).
+Count = Annotated[int, Field(ge=1)]  # a positive count
+NonNeg = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]  # a probability, share or ratio
+Weight = Annotated[float, Field(ge=0.0)]
+Rate = Annotated[float, Field(gt=0.0)]  # learning rates, epochs, beta
+Warmup = Annotated[float, Field(ge=0.0, lt=1.0)]
+MaxSteps = Annotated[int, Field(ge=-1)]  # -1: use epochs
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+# transformers' SchedulerType values that need no extra scheduler kwargs
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = _f("GAIR/Abel-7B-002", "Hub id or local folder of the base model; 'tiny' builds a tiny random Llama on the fly (smoke runs).")
     gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (e.g. the Qwen 0.5B test model); needs the gguf package.")
-    dtype: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
-    attn_implementation: str | None = _f(None, "sdpa | eager | flash_attention_2; None lets transformers choose.")
-    prompt_format: str = _f("abel", "abel (Question:/Answer: prompt) | chat (tokenizer chat template) | plain.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f("auto", "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = _f(None, "sdpa | eager | flash_attention_2; None lets transformers choose.")
+    prompt_format: Literal["abel", "chat", "plain"] = _f("abel", "abel (Question:/Answer: prompt) | chat (tokenizer chat template) | plain.")
     trust_remote_code: bool = _f(False, "Run code shipped with the model repo. Off unless you trust it.")
     revision: str | None = _f(None, "Hub revision (commit, tag or branch) of the base model.")
 
@@ -46,129 +68,129 @@ class DataConfig:
     test: str = _f("madrylab/gsm8k-platinum", "Evaluation set: hub id, local .jsonl/.parquet, or 'builtin'.")
     test_config: str | None = _f("main", "Hub dataset config name of the evaluation set.")
     test_split: str = _f("test", "Split of the evaluation set.")
-    dev_size: int = _f(0, "Questions held out of train as a dev split (deterministic, by seed). 0 = none.")
-    builtin_train_size: int = _f(256, "Number of generated training problems when train == 'builtin'.")
-    builtin_test_size: int = _f(64, "Number of generated test problems when test == 'builtin'.")
-    seed: int = _f(1234, "Seed of the dev split and of the built-in problem generator.")
+    dev_size: NonNeg = _f(0, "Questions held out of train as a dev split (deterministic, by seed). 0 = none.")
+    builtin_train_size: Count = _f(256, "Number of generated training problems when train == 'builtin'.")
+    builtin_test_size: Count = _f(64, "Number of generated test problems when test == 'builtin'.")
+    seed: NonNeg = _f(1234, "Seed of the dev split and of the built-in problem generator.")
 
 
 @dataclass
 class LoraConfig:
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.05, "LoRA dropout.")
+    r: Count = _f(16, "LoRA rank.")
+    alpha: Count = _f(32, "LoRA alpha (scale = alpha / r).")
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = _f(0.05, "LoRA dropout.")
     target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Module names that get adapters ('all-linear' as a one-element list also works).")
 
 
 @dataclass
 class SFTConfig:
     output_dir: str = _f("checkpoints/abel_sft_lora", "Where the SFT adapter, tokenizer and resolved config go (relative to run_dir).")
-    epochs: float = _f(1.0, "Training epochs.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs).")
-    learning_rate: float = _f(2e-4, "Peak learning rate.")
-    lr_scheduler: str = _f("cosine", "transformers scheduler name.")
-    warmup_ratio: float = _f(0.03, "Share of steps used for linear warm-up.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    batch_size: int = _f(8, "Per-device batch size.")
-    grad_accum: int = _f(2, "Gradient accumulation steps.")
-    max_length: int = _f(512, "Max tokens per example (prompt + completion); longer examples are truncated.")
+    epochs: Rate = _f(1.0, "Training epochs.")
+    max_steps: MaxSteps = _f(-1, "Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: Rate = _f(2e-4, "Peak learning rate.")
+    lr_scheduler: Scheduler = _f("cosine", "transformers scheduler name.")
+    warmup_ratio: Warmup = _f(0.03, "Share of steps used for linear warm-up.")
+    weight_decay: Weight = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
+    batch_size: Count = _f(8, "Per-device batch size.")
+    grad_accum: Count = _f(2, "Gradient accumulation steps.")
+    max_length: Count = _f(512, "Max tokens per example (prompt + completion); longer examples are truncated.")
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
     padding_free: bool = _f(False, "Padding-free batching (needs flash attention).")
     use_liger_kernel: bool = _f(False, "Liger fused kernels (needs liger-kernel).")
-    logging_steps: int = _f(10, "Log every N steps.")
-    save_steps: int = _f(200, "Checkpoint every N steps (resumable).")
-    save_total_limit: int = _f(2, "Keep at most N intermediate checkpoints.")
-    seed: int = _f(42, "Training seed.")
-    limit: int | None = _f(None, "Use only the first N training examples (after the dev split).")
-    data: str = _f("gold", "Training targets: gold (GSM8K reference solutions) | rft (rejection sampling: the model's own correct, finished trajectories from sft.rft_rollouts) | gold+rft.")
+    logging_steps: Count = _f(10, "Log every N steps.")
+    save_steps: Count = _f(200, "Checkpoint every N steps (resumable).")
+    save_total_limit: Count = _f(2, "Keep at most N intermediate checkpoints.")
+    seed: NonNeg = _f(42, "Training seed.")
+    limit: Count | None = _f(None, "Use only the first N training examples (after the dev split).")
+    data: Literal["gold", "rft", "gold+rft"] = _f("gold", "Training targets: gold (GSM8K reference solutions) | rft (rejection sampling: the model's own correct, finished trajectories from sft.rft_rollouts) | gold+rft.")
     rft_rollouts: str = _f("data/rollouts_base.jsonl", "Rollouts file the rft data come from; `looper-math run` writes it first (base model, rollouts.* settings, no adapter).")
-    rft_per_question: int = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
+    rft_per_question: Count = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
 
 
 @dataclass
 class RegimeWConfig:
     arms: list[dict] = _f([], "The eight arms: name, family (wolfram|maudlin), instruction, temperature, top_p. Empty = built-in defaults.")
-    allocation: str = _f("ucb", "uniform | ucb | thompson.")
-    exploration_floor: float = _f(0.05, "Minimum share of samples any arm gets under ucb/thompson.")
-    ucb_c: float = _f(1.0, "UCB exploration constant.")
-    w_end: float = _f(0.4, "Weight of s_end in s_wm.")
-    w_path: float = _f(0.3, "Weight of s_path in s_wm.")
-    w_cf: float = _f(0.3, "Weight of s_cf in s_wm.")
-    alpha_correct: float = _f(1.0, "ALPHA_CORRECT: reward weight of correctness.")
-    beta_coherence: float = _f(0.5, "BETA_COHERENCE: reward weight of s_wm.")
-    length_penalty: float = _f(0.0005, "Reward penalty per generated token.")
-    cf_perturbations: int = _f(3, "Counterfactual perturbations per question for s_cf.")
-    cf_source: str = _f("reference", "What s_cf (and so s_wm and the reward) compares a perturbed trajectory with: reference (the GSM8K solution's program) | peers (the group's consensus program, label-free; ablation).")
+    allocation: Literal["uniform", "ucb", "thompson"] = _f("ucb", "uniform | ucb | thompson.")
+    exploration_floor: Share = _f(0.05, "Minimum share of samples any arm gets under ucb/thompson.")
+    ucb_c: Weight = _f(1.0, "UCB exploration constant.")
+    w_end: Weight = _f(0.4, "Weight of s_end in s_wm.")
+    w_path: Weight = _f(0.3, "Weight of s_path in s_wm.")
+    w_cf: Weight = _f(0.3, "Weight of s_cf in s_wm.")
+    alpha_correct: Weight = _f(1.0, "ALPHA_CORRECT: reward weight of correctness.")
+    beta_coherence: Weight = _f(0.5, "BETA_COHERENCE: reward weight of s_wm.")
+    length_penalty: Weight = _f(0.0005, "Reward penalty per generated token.")
+    cf_perturbations: NonNeg = _f(3, "Counterfactual perturbations per question for s_cf.")
+    cf_source: Literal["reference", "peers"] = _f("reference", "What s_cf (and so s_wm and the reward) compares a perturbed trajectory with: reference (the GSM8K solution's program) | peers (the group's consensus program, label-free; ablation).")
 
 
 @dataclass
 class RolloutsConfig:
     output: str = _f("data/abel_regime_w_rollouts.jsonl", "Append-only rollouts JSONL (relative to run_dir).")
     adapter: str | None = _f("sft", "Adapter to sample from: 'sft', 'dpo', 'none' (base model) or a path.")
-    split: str = _f("train", "Questions to roll out: train | dev | test.")
-    k: int = _f(8, "Trajectories per question.")
-    max_new_tokens: int = _f(384, "Max generated tokens per trajectory.")
-    batch_size: int = _f(64, "Sequences per generation batch.")
-    questions_per_round: int = _f(32, "Questions per bandit update.")
-    limit: int | None = _f(None, "Only the first N questions.")
-    seed: int = _f(0, "Base seed; each sample's seed derives from (seed, question_id, sample_idx).")
-    eval_prompt_share: float = _f(0.0, "Share of each question's k samples drawn under the plain evaluation prompt (arm 'eval_prompt', on-policy for pairs and RFT); the bandit spreads the rest over the Regime W arms. 1.0 = all.")
-    temperature: float = _f(0.8, "Sampling temperature of the evaluation-prompt samples (arms carry their own).")
-    top_p: float = _f(1.0, "Top-p of the evaluation-prompt samples (1.0 samples the full distribution, the fastest path).")
-    score_workers: int = _f(0, "Processes scoring a round's groups (Regime W); 0 = one per spare core, at most 8; 1 = in this process.")
+    split: Literal["train", "dev", "test"] = _f("train", "Questions to roll out: train | dev | test.")
+    k: Count = _f(8, "Trajectories per question.")
+    max_new_tokens: Count = _f(384, "Max generated tokens per trajectory.")
+    batch_size: Count = _f(64, "Sequences per generation batch.")
+    questions_per_round: Count = _f(32, "Questions per bandit update.")
+    limit: Count | None = _f(None, "Only the first N questions.")
+    seed: NonNeg = _f(0, "Base seed; each sample's seed derives from (seed, question_id, sample_idx).")
+    eval_prompt_share: Share = _f(0.0, "Share of each question's k samples drawn under the plain evaluation prompt (arm 'eval_prompt', on-policy for pairs and RFT); the bandit spreads the rest over the Regime W arms. 1.0 = all.")
+    temperature: Weight = _f(0.8, "Sampling temperature of the evaluation-prompt samples (arms carry their own); 0 = greedy.")
+    top_p: TopP = _f(1.0, "Top-p of the evaluation-prompt samples (1.0 samples the full distribution, the fastest path).")
+    score_workers: NonNeg = _f(0, "Processes scoring a round's groups (Regime W); 0 = one per spare core, at most 8; 1 = in this process.")
 
 
 @dataclass
 class PrefsConfig:
     output: str = _f("data/abel_coherence_preferences.jsonl", "Preference pairs JSONL (relative to run_dir).")
-    pair_types: list[str] = _f(["correctness", "coherence"], "Which pair types to build (ablation: ['correctness']).")
-    max_correctness_pairs_per_question: int = _f(4, "Cap of correct>incorrect pairs per question.")
-    max_coherence_pairs_per_question: int = _f(2, "Cap of coherent>less-coherent pairs per question.")
-    coherence_margin: float = _f(0.15, "Minimum s_wm margin for a coherence pair.")
-    max_coherence_share: float = _f(0.3, "Coherence pairs at most this share of all pairs.")
-    prompt_mode: str = _f("eval", "eval (the plain evaluation prompt) | arm (the arm's own prompt).")
+    pair_types: list[Literal["correctness", "coherence"]] = _f(["correctness", "coherence"], "Which pair types to build (ablation: ['correctness']).")
+    max_correctness_pairs_per_question: NonNeg = _f(4, "Cap of correct>incorrect pairs per question.")
+    max_coherence_pairs_per_question: NonNeg = _f(2, "Cap of coherent>less-coherent pairs per question.")
+    coherence_margin: Share = _f(0.15, "Minimum s_wm margin for a coherence pair.")
+    max_coherence_share: Share = _f(0.3, "Coherence pairs at most this share of all pairs.")
+    prompt_mode: Literal["eval", "arm"] = _f("eval", "eval (the plain evaluation prompt) | arm (the arm's own prompt).")
 
 
 @dataclass
 class DPOConfig:
     output_dir: str = _f("checkpoints/abel_coherence_lora", "Where the DPO adapter goes (relative to run_dir).")
     init_adapter: str = _f("sft", "Adapter DPO starts from and uses (frozen) as reference: sft | dpo | a path.")
-    beta: float = _f(0.1, "DPO beta.")
-    nll_weight: float = _f(1.0, "Weight of the NLL term on chosen (Iterative RPO); 0 = plain DPO.")
-    learning_rate: float = _f(1e-5, "Learning rate.")
-    lr_scheduler: str = _f("cosine", "transformers scheduler name.")
-    warmup_ratio: float = _f(0.05, "Share of steps for warm-up.")
-    epochs: float = _f(1.0, "Epochs over the pairs.")
-    max_steps: int = _f(-1, "Stop after N steps (-1: epochs).")
-    batch_size: int = _f(4, "Per-device batch size (pairs).")
-    grad_accum: int = _f(4, "Gradient accumulation.")
-    max_length: int = _f(768, "Max prompt+completion tokens.")
+    beta: Rate = _f(0.1, "DPO beta.")
+    nll_weight: Weight = _f(1.0, "Weight of the NLL term on chosen (Iterative RPO); 0 = plain DPO.")
+    learning_rate: Rate = _f(1e-5, "Learning rate.")
+    lr_scheduler: Scheduler = _f("cosine", "transformers scheduler name.")
+    warmup_ratio: Warmup = _f(0.05, "Share of steps for warm-up.")
+    epochs: Rate = _f(1.0, "Epochs over the pairs.")
+    max_steps: MaxSteps = _f(-1, "Stop after N steps (-1: epochs).")
+    batch_size: Count = _f(4, "Per-device batch size (pairs).")
+    grad_accum: Count = _f(4, "Gradient accumulation.")
+    max_length: Count = _f(768, "Max prompt+completion tokens.")
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    logging_steps: int = _f(10, "Log every N steps.")
-    save_steps: int = _f(200, "Checkpoint every N steps.")
-    seed: int = _f(42, "Training seed.")
+    max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
+    logging_steps: Count = _f(10, "Log every N steps.")
+    save_steps: Count = _f(200, "Checkpoint every N steps.")
+    seed: NonNeg = _f(42, "Training seed.")
 
 
 @dataclass
 class EvalConfig:
-    split: str = _f("test", "test | dev (dev split cut from train).")
+    split: Literal["test", "dev"] = _f("test", "test | dev (dev split cut from train).")
     base_output: str = _f("outputs/abel_base_platinum_eval.jsonl", "Per-example JSONL for the base model.")
     sft_output: str = _f("outputs/abel_sft_platinum_eval.jsonl", "Per-example JSONL for the SFT adapter.")
     dpo_output: str = _f("outputs/abel_coherence_platinum_eval.jsonl", "Per-example JSONL for the DPO adapter.")
-    max_new_tokens: int = _f(512, "Max generated tokens per question.")
-    batch_size: int = _f(64, "Questions per generation batch.")
-    limit: int | None = _f(None, "Only the first N questions.")
-    engine: str = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
+    max_new_tokens: Count = _f(512, "Max generated tokens per question.")
+    batch_size: Count = _f(64, "Questions per generation batch.")
+    limit: Count | None = _f(None, "Only the first N questions.")
+    engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
-    answer_mode: str = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
+    answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
 
 
 @dataclass
 class Config:
     run_dir: str = _f(".", "Root that every relative output path is resolved against.")
-    device: str = _f("auto", "auto | cpu | cuda.")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto | cpu | cuda.")
     smoke: bool = _f(False, "Marks a smoke run (tiny model); printed loudly in outputs.")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -186,49 +208,24 @@ class Config:
         return p if p.is_absolute() else Path(self.run_dir) / p
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is Any or origin is dict or tp is dict:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+def _allowed(err: dict) -> str:
+    """pydantic's message for one error, as 'what is allowed' ("Input should be 'a' or 'b'" -> "expected 'a' or 'b'")."""
+    return re.sub(r"^Input should (be )?", "expected ", err["msg"])
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """``value`` validated against the annotation ``tp`` (type, Literal, Annotated range) by pydantic, strictly
+    (no "3" -> 3 coercion; an int is accepted for a float); ConfigError naming the key, value and what is allowed."""
+    try:
+        return TypeAdapter(tp).validate_python(value, strict=True)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = key + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"] if p not in ("int", "float", "str", "bool"))
+        raise ConfigError(f"config key '{where}': got {err['input']!r}, {_allowed(err)}") from None
 
 
 def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in data.items():
@@ -242,10 +239,31 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
             kwargs[k] = _build(tp, v, f"{key}.", source)
         else:
             try:
-                kwargs[k] = _check_type(v, tp, key)
+                kwargs[k] = _check_value(v, tp, key)
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}") from None
     return cls(**kwargs)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule, so ``1e-4`` and ``5E3`` are numbers (the resolver
+    below is the one PyYAML's issue #173 and ruamel.yaml use: a mantissa with or without a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as configs are read (``1e-4`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -268,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -279,12 +297,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)
         source = f"{source} + --set"
-    return _build(Config, tree, "", source)
+    cfg = _build(Config, tree, "", source)
+    _check_arms(cfg, source)
+    return cfg
+
+
+def _check_arms(cfg: Config, source: str) -> None:
+    """regime_w.arms entries are checked by the one function that reads them (names, family
+    wolfram|maudlin, 0 < temperature <= 2, 0 < top_p <= 1, the '####' instruction), at load time."""
+    from looper_math.regime_w.arms import load_arms
+
+    try:
+        load_arms(cfg.regime_w)
+    except ValueError as e:
+        raise ConfigError(f"{source}: config key {e}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -311,3 +342,74 @@ def help_table(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
     return rows
+
+
+# What shapes each phase's output: its own config sections or keys, and the phases whose outputs it reads
+# (their settings count too, so a fingerprint covers its inputs). Left out everywhere: NOT_SETTINGS.
+PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sft": (("model", "data", "lora", "sft"), ()),
+    "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
+    "eval_sft": (("model", "data", "eval"), ("sft",)),
+    "eval_dpo": (("model", "data", "eval"), ("dpo",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ("sft",)),
+    # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
+    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ()),
+    "prefs": (("prefs",), ("rollouts",)),
+    "dpo": (("dpo",), ("prefs", "sft")),
+}
+# where outputs go and how often progress is logged or checkpointed: not what an output holds
+NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
+                          "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
+                          "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
+                          "rollouts.score_workers"})
+
+
+def eval_phase(adapter: str | None) -> str:
+    """The PHASE_SETTINGS key of an evaluation of ``adapter`` (sft | dpo | none | a path)."""
+    return {"sft": "eval_sft", "dpo": "eval_dpo"}.get(str(adapter), "eval")
+
+
+def _phase_keys(phase: str) -> list[str]:
+    own, after = PHASE_SETTINGS[phase]
+    keys = list(own)
+    for up in after:
+        keys += [k for k in _phase_keys(up) if k not in keys]
+    return keys
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def phase_settings(cfg: Config | dict, phase: str) -> dict[str, Any]:
+    """The resolved settings (dotted key -> value) that shape ``phase``'s output, its inputs' included."""
+    keys = _phase_keys(phase)
+    flat = _flat(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    return {k: v for k, v in flat.items()
+            if k not in NOT_SETTINGS and any(k == s or k.startswith(s + ".") for s in keys)}
+
+
+def fingerprint(cfg: Config, phase: str) -> str:
+    """Short hash of ``phase_settings``; every phase writes it into its summary as ``settings_fingerprint``."""
+    text = json.dumps(phase_settings(cfg, phase), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tuple[str, Any, Any]]:
+    """(key, value then, value now) for every setting of ``phase`` that differs from the resolved config
+    written with its output."""
+    p = Path(resolved)
+    try:
+        old_tree = yaml_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(old_tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]

@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from looper_math.config import Config
+from looper_math.config import Config, fingerprint
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
-                                      launched_state, losses, prepare_output, save_final, train_or_finish)
+                                      launched_state, loss_line, losses, prepare_output, save_final, train_or_finish)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -138,8 +138,9 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         round(trainer.state.global_step * pairs_per_step / seconds, 2),
         "processes": trainer.args.world_size, **steady,
         "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
+        "settings_fingerprint": fingerprint(cfg, "dpo"),
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):
-        print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, final loss {train_loss:.4f}, adapter -> {out_dir}")
+        print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, {loss_line(hist)}, adapter -> {out_dir}")
     return summary

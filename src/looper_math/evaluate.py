@@ -21,7 +21,7 @@ from pathlib import Path
 
 from looper_math.answers import answers_equal, extract_answer
 from looper_math.compare import wilson_ci
-from looper_math.config import Config, save_resolved
+from looper_math.config import Config, eval_phase, fingerprint, save_resolved
 from looper_math.data import load_split
 from looper_math.generation import GenRequest, generate
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
@@ -124,6 +124,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
             sink.write(rows)
     rows = list(read_jsonl(out))
     summary = summarize(rows, checkpoint=checkpoint, cfg=cfg, run_tokens=run_tokens, run_seconds=time.time() - t0)
+    summary["settings_fingerprint"] = fingerprint(cfg, eval_phase(adapter))
     atomic_write_json(summary_path(out), summary)
     lo, hi = summary["ci95"]
     print(f"eval [{checkpoint}] n={summary['n']}: accuracy {summary['accuracy']:.2%} (95% CI {lo:.2%}-{hi:.2%}), "

@@ -40,7 +40,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from looper_math.config import Config, PrefsConfig, save_resolved
+from looper_math.config import Config, PrefsConfig, fingerprint, save_resolved
 from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, read_jsonl
 
 PAIR_TYPES = ("correctness", "coherence")
@@ -232,7 +232,8 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
     rows = list(read_jsonl(rollouts_path))
     check_rows(rows, str(rollouts_path))
     pairs, summary = build_pairs(rows, cfg.prefs)
-    summary = {"smoke": cfg.smoke, "input": str(rollouts_path), "output": str(output_path), **summary}
+    summary = {"smoke": cfg.smoke, "input": str(rollouts_path), "output": str(output_path), **summary,
+               "settings_fingerprint": fingerprint(cfg, "prefs")}
 
     atomic_write_text(output_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     atomic_write_json(output_path.with_suffix(".summary.json"), summary)

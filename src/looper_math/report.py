@@ -22,7 +22,6 @@ ignored.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 import yaml  # noqa: E402
 
-from looper_math.runio import DataError, atomic_write_text, read_jsonl  # noqa: E402
+from looper_math.compare import compare  # noqa: E402
+from looper_math.runio import DataError, atomic_write_text, read_json, read_jsonl  # noqa: E402
 
 SCORES = ("s_end", "s_path", "s_cf", "s_wm")
 EVAL_KEYS = ("accuracy_strict", "accuracy_flexible", "ci95_strict", "n", "checkpoint")
@@ -118,6 +118,19 @@ def _phase_rank(label: str) -> tuple[int, str]:
     return len(PHASE_ORDER), low
 
 
+def _delta_html(run_dir: Path, prev: dict, e: dict) -> str:
+    """The headline difference to the previous phase with its exact McNemar p (paired over the questions
+    both per-example files hold, as `looper-math compare --intersect`); green or red only when p < 0.05."""
+    d = 100 * (e["headline"] - prev["headline"])
+    files = [run_dir / "outputs" / x["file"].replace(".summary.json", ".jsonl") for x in (prev, e)]
+    if not all(f.exists() for f in files):
+        return f'<span class="flat">{d:+.1f} pts vs {_esc(prev["label"])} (no per-example file: no paired test)</span>'
+    p = compare(*files, intersect=True)["mcnemar_p"]
+    cls = "flat" if p >= 0.05 or d == 0 else "up" if d > 0 else "down"
+    verdict = "not significant" if p >= 0.05 else "significant"
+    return f'<span class="{cls}">{d:+.1f} pts vs {_esc(prev["label"])}, McNemar p = {p:.3g} ({verdict})</span>'
+
+
 def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
     """(headline html, section html, notes)."""
     files = sorted((run_dir / "outputs").glob("*eval*.summary.json"))
@@ -125,7 +138,7 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
         return "", "", ["No evaluation summaries (outputs/*eval*.summary.json) yet."]
     evals = []
     for f in files:
-        s = json.loads(f.read_text())
+        s = read_json(f)
         _require(s, EVAL_KEYS, str(f))
         ckpt = str(s["checkpoint"])
         # Short labels keep the chart's ticks apart; the table keeps the summary file name.
@@ -138,9 +151,8 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
     cards = ""
     for k, e in enumerate(evals):
         delta = ""
-        if k:  # unpaired difference to the previous phase; `looper-math compare` gives the paired test
-            d = 100 * (e["headline"] - evals[k - 1]["headline"])
-            delta = f'<span class="{"up" if d >= 0 else "down"}">{d:+.1f} pts vs {_esc(evals[k - 1]["label"])}</span>'
+        if k:
+            delta = _delta_html(run_dir, evals[k - 1], e)
         cards += (f'<div class="card"><div class="card-label">{_esc(e["label"])} · {_esc(e["mode"])}</div>'
                   f'<div class="card-value">{_pct(e["headline"])} {delta}</div>'
                   f'<div class="card-sub">95% CI {_pct(e["headline_ci"][0])} – {_pct(e["headline_ci"][1])} · '
@@ -286,7 +298,7 @@ def _training_section(run_dir: Path, out_dir: Path) -> tuple[str, list[str]]:
         return "", ["No trainer logs (checkpoints/*/log_history.json) yet."]
     curves = []
     for f in logs:
-        hist = json.loads(f.read_text())
+        hist = read_json(f)
         if not isinstance(hist, list):
             raise DataError(f"{f}: expected a list of log entries")
         pts = [(e["step"], e["loss"]) for e in hist if "loss" in e and "step" in e]
@@ -337,8 +349,8 @@ header .sub { color: var(--muted); font-size: 13px; }
 .card-label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .06em; }
 .card-value { font-size: 30px; font-weight: 700; color: var(--accent); line-height: 1.2; }
 .card-sub { color: var(--muted); font-size: 12px; }
-.card-value .up, .card-value .down { font-size: 13px; font-weight: 600; vertical-align: middle; margin-left: 6px; }
-.up { color: #2f7d4f; } .down { color: #b2412c; }
+.card-value .up, .card-value .down, .card-value .flat { font-size: 13px; font-weight: 600; vertical-align: middle; margin-left: 6px; }
+.up { color: #2f7d4f; } .down { color: #b2412c; } .flat { color: #6b7280; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 22px;
           margin-top: 22px; box-shadow: 0 1px 2px rgba(0,0,0,.04); }
 h2 { margin: 0 0 10px; font-size: 19px; }

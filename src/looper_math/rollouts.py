@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
-from looper_math.config import Config, save_resolved
+from looper_math.config import Config, fingerprint, save_resolved
 from looper_math.data import load_split
 from looper_math.evaluate import score_row
 from looper_math.generation import GenRequest, generate
@@ -143,6 +143,7 @@ def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seco
         "this_run": {"tokens": run_tokens, "seconds": round(run_seconds, 2),
                      "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds > 0 else None,
                      **({k: round(v, 2) for k, v in timing.items()} if timing else {})},
+        "settings_fingerprint": fingerprint(cfg, "rollouts"),
     }
 
 

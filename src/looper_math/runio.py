@@ -25,8 +25,29 @@ class OutputExistsError(RuntimeError):
     """An output exists and neither --resume nor --overwrite was given."""
 
 
+class StaleOutputError(OutputExistsError):
+    """A finished output no longer matches the settings or inputs it would be reused with."""
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file and line."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file (a summary); a missing or corrupt one raises DataError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: invalid JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -34,6 +55,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode open() gives a new file; mkstemp's 0o600 hid reports from others
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -49,9 +71,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def share_files(root: str | Path) -> None:
+    """Give every file under ``root`` the mode a plain ``open()`` gives (safetensors writes 0o600)."""
+    mode = 0o666 & ~_umask()
+    for p in Path(root).rglob("*"):
+        if p.is_file():
+            os.chmod(p, mode)
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written temp directory into place; the previous one is removed only afterwards."""
     final_dir = Path(final_dir)
+    os.chmod(tmp_dir, 0o777 & ~_umask())  # the mode mkdir() gives; mkdtemp's is 0o700
+    share_files(tmp_dir)
     old = final_dir.with_name(f".{final_dir.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -109,8 +141,11 @@ def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> Iterator[d
     trace of a killed writer); use ``repair_jsonl`` to cut it off before appending.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
     lines = data.split(b"\n")
     last = len(lines) - 1
     for i, raw in enumerate(lines):

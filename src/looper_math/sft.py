@@ -21,14 +21,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from looper_math.config import Config, ConfigError
+from looper_math.config import Config, ConfigError, fingerprint
 from looper_math.data import load_split
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
 from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
-                                      launched_state, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
+                                      launched_state, loss_line, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
 
 
 SFT_DATA = ("gold", "rft", "gold+rft")
@@ -155,11 +155,11 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
         "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
-        "processes": trainer.args.world_size, **meter.steady(),
+        "processes": trainer.args.world_size, **meter.steady(), "settings_fingerprint": fingerprint(cfg, "sft"),
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):
-        print(f"sft: {summary['steps']} steps, final train loss {summary['train_loss']:.4f}, adapter -> {out_dir}")
+        print(f"sft: {summary['steps']} steps, {loss_line(hist)}, adapter -> {out_dir}")
     return summary
 
 

@@ -131,6 +131,7 @@ def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> 
 
         checkpoint = merged[0]["checkpoint"] if merged else None
         summary = summarize_eval(merged, checkpoint=checkpoint, cfg=cfg, run_tokens=run["tokens"], run_seconds=run["seconds"])
+        summary["settings_fingerprint"] = summaries[0].get("settings_fingerprint")  # the shards share one config (checked above)
     summary["this_run"] = run
     summary["merged_from"] = [shard_path(output, (i, n)).name for i in range(n)]
     atomic_write_text(_resolved_of(output), resolved)

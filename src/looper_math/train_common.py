@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from looper_math.runio import atomic_write_json
+from looper_math.runio import atomic_write_json, share_files
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,7 +104,10 @@ class DropPickledArgs(TrainerCallback):
     transformers reloads with ``torch.load(weights_only=True)``."""
 
     def on_save(self, args, state, control, **kwargs):
-        (Path(args.output_dir) / f"checkpoint-{state.global_step}" / "training_args.bin").unlink(missing_ok=True)
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (ckpt / "training_args.bin").unlink(missing_ok=True)
+        if ckpt.is_dir():
+            share_files(ckpt)
 
 
 class _AtMaxSteps(Exception):
@@ -227,6 +230,7 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
         save_resolved(cfg, tmp)
         write_base_marker(tmp, cfg)
         (tmp / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        share_files(tmp)
         for f in tmp.iterdir():
             if f.is_file():
                 os.replace(f, out_dir / f.name)
@@ -237,3 +241,15 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
 
 def losses(log_history: list[dict]) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+
+
+def loss_line(log_history: list[dict]) -> str:
+    """The last logged loss, and the mean of all logged losses named as a mean. (The Trainer's
+    ``training_loss`` is a mean too, and after a resume only over the resumed steps.) The log history
+    holds the steps before a resume as well: the Trainer restores it from the checkpoint."""
+    logged = losses(log_history)
+    if not logged:
+        return "no loss logged"
+    step, last = logged[-1]
+    mean = sum(v for _, v in logged) / len(logged)
+    return f"last logged loss {last:.4f} (step {step}), mean of {len(logged)} logged losses {mean:.4f}"
