@@ -104,6 +104,26 @@ def test_report_significant_gain_is_green(tmp_path):
     assert span and span.group(1) == "up" and "McNemar p = 0.000488 (significant)" in span.group(2), span.group(0)
 
 
+def test_report_pairs_evals_of_the_same_split_only(tmp_path):
+    """A run with dev and test evaluations (bench/learning.sh) used to stop the report: the dev and test
+    files share no question ids, and each card was paired with the card before it."""
+    from looper_math.report import build_report
+
+    out = tmp_path / "outputs"
+    out.mkdir(parents=True)
+    for name, split, ids, correct in (("base_dev", "dev", range(0, 100), 30), ("base_test", "test", range(100, 300), 50),
+                                      ("sft_dev", "dev", range(0, 100), 40), ("sft_test", "test", range(100, 300), 80)):
+        ckpt = "base:m" if name.startswith("base") else "/ck/sft"
+        (out / f"{name}_eval.jsonl").write_text("".join(
+            json.dumps({"question_id": i, "correct": j < correct, "checkpoint": ckpt}) + "\n" for j, i in enumerate(ids)))
+        acc = correct / len(ids)
+        (out / f"{name}_eval.summary.json").write_text(json.dumps(
+            {"accuracy_strict": acc, "accuracy_flexible": acc, "ci95_strict": [0.0, 1.0], "n": len(ids), "checkpoint": ckpt,
+             "split": split}))
+    page = build_report(tmp_path).read_text()
+    assert "+10.0 pts vs base, McNemar p = 0.00195" in page and "+15.0 pts vs base, McNemar p = " in page, page
+
+
 def test_atomic_writes_respect_the_umask(tmp_path):
     import os
     import stat

@@ -151,8 +151,10 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
     cards = ""
     for k, e in enumerate(evals):
         delta = ""
-        if k:
-            delta = _delta_html(run_dir, evals[k - 1], e)
+        # the previous phase evaluated on the same split: dev and test figures are never paired
+        prev = [x for x in evals[:k] if x.get("split") == e.get("split")]
+        if prev:
+            delta = _delta_html(run_dir, prev[-1], e)
         cards += (f'<div class="card"><div class="card-label">{_esc(e["label"])} · {_esc(e["mode"])}</div>'
                   f'<div class="card-value">{_pct(e["headline"])} {delta}</div>'
                   f'<div class="card-sub">95% CI {_pct(e["headline_ci"][0])} – {_pct(e["headline_ci"][1])} · '
