@@ -172,3 +172,28 @@ def test_run_rolls_out_from_the_base_model_before_rft_sft(smoke_cfg, monkeypatch
     with pytest.raises(ZeroDivisionError):
         pipeline.run_pipeline(cfg)
     assert calls == [("rollouts", "none", "data/base.jsonl")]
+
+
+def test_sft_command_collects_the_base_rollouts_it_needs(smoke_cfg, tmp_path):
+    """`looper-math sft` (and so the original phase-1 alias) with sft.data using rft rolls out the base
+    model first when its rollouts are missing, then trains on them."""
+    from typer.testing import CliRunner
+
+    from looper_math.cli import app
+
+    cfg = smoke_cfg()
+    overrides = ["sft.data=gold+rft", "sft.rft_rollouts=data/base.jsonl", "sft.max_steps=2", "sft.save_steps=2",
+                 "rollouts.k=2", "rollouts.limit=2", "rollouts.eval_prompt_share=1.0", "rollouts.score_workers=1"]
+    args = ["sft", "-c", str(tmp_path / "c.yaml")]
+    import yaml
+
+    from looper_math.config import to_dict
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    for o in overrides:
+        args += ["--set", o]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in cfg.path("data/base.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {x["adapter"] for x in rows} == {None}
+    summary = json.loads((cfg.path(cfg.sft.output_dir) / "train_summary.json").read_text())
+    assert summary["data"] == "gold+rft" and summary["steps"] == 2

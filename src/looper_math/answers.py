@@ -1,6 +1,6 @@
 """The one answer extractor used by rewards and by evaluation.
 
-Conventions mirrored (see /work/shared/REFERENCES.md, "Answer extraction conventions"):
+Conventions mirrored (EleutherAI lm-evaluation-harness gsm8k task; GSM8K-Platinum and Abel evaluators):
 
 - **lm-evaluation-harness gsm8k** ``strict-match``: ``#### (\\-?[0-9\\.\\,]+)``, ignoring ``,``, ``$`` and a
   trailing ``.``. We keep its idea (the number on the ``####`` line) but are tolerant of ``$``,

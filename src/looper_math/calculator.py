@@ -265,12 +265,11 @@ class AnnotationReport:
 
 
 def default_gsm8k_dir() -> Path | None:
-    """``$LOOPER_GSM8K_DIR``, else ``<repo root>/../shared/data/gsm8k``, if it holds the files."""
+    """``$LOOPER_GSM8K_DIR`` (a folder with GSM8K's train.jsonl / test.jsonl), if it holds the files."""
     cands = []
     env = os.environ.get("LOOPER_GSM8K_DIR")
     if env:
         cands.append(Path(env))
-    cands.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k")
     for c in cands:
         if (c / "train.jsonl").is_file() or (c / "test.jsonl").is_file():
             return c
