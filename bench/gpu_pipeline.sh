@@ -9,19 +9,7 @@
 # Env: CFG (default configs/qwen05_gpu.yaml), M (model dir, default /root/m), WHEELS (default .whl).
 set -uo pipefail
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
-if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PWD/src"
-else
-  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if [ -f "$M/SHA256" ] && [ ! -d "$M/qwen05" ]; then
-  cat "$M"/part_* > "$M/model.gguf" || exit 1
-  want=$(cut -d' ' -f1 "$M/SHA256"); got=$(sha256sum "$M/model.gguf" | cut -d' ' -f1)
-  [ "$want" = "$got" ] || { echo "model.gguf SHA256 mismatch: $got != $want"; exit 1; }
-  python3 -m looper_math.cli convert-gguf "$M" model.gguf "$M/qwen05" || exit 1
-fi
+source "$(dirname "$0")/device_env.sh"
 L="python3 -m looper_math.cli"
 RUN=$(python3 -c "import yaml,sys; print(yaml.safe_load(open('$CFG'))['run_dir'])")
 step() { echo "=== $* ($(date +%T))"; local t0=$SECONDS; "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0))s"; return $rc; }

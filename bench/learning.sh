@@ -20,20 +20,8 @@
 set -uo pipefail
 STAGE="${1:?stage 1|2|3}"; DEADLINE="${2:-560}"
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 START=$SECONDS; RESERVE=25
-if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PWD/src"
-else
-  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if [ -f "$M/SHA256" ] && [ ! -f "$M/qwen05/config.json" ]; then
-  cat "$M"/part_* > "$M/model.gguf" || exit 1
-  want=$(cut -d' ' -f1 "$M/SHA256"); got=$(sha256sum "$M/model.gguf" | cut -d' ' -f1)
-  [ "$want" = "$got" ] || { echo "model.gguf SHA256 mismatch: $got != $want"; exit 1; }
-  python3 -m looper_math.cli convert-gguf "$M" model.gguf "$M/qwen05" || exit 1
-fi
+source "$(dirname "$0")/device_env.sh"
 L="python3 -m looper_math.cli"
 R=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['run_dir'])")
 left() { echo $((DEADLINE - (SECONDS - START) - RESERVE)); }
