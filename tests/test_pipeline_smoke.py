@@ -44,7 +44,7 @@ PHASES = ["phase 1: SFT", "phase 5: eval base model", "phase 5: eval SFT", "phas
 ROLLOUT_DESIGN_FIELDS = {"question_id", "sample_idx", "arm", "prompt", "full_text", "reasoning", "answer", "gold",
                          "correct", "num_tokens", "finished", "s_end", "s_path", "s_cf", "s_wm", "reward", "seed",
                          "model", "adapter"}
-ROLLOUT_FIELDS = ROLLOUT_DESIGN_FIELDS | {"arm_family", "eval_prompt", "temperature", "top_p"}
+ROLLOUT_FIELDS = ROLLOUT_DESIGN_FIELDS | {"arm_family", "eval_prompt", "temperature", "top_p", "s_cf_free", "n_unparsed"}
 PAIR_FIELDS = {"prompt", "chosen", "rejected", "question_id", "pair_type", "chosen_arm", "rejected_arm",
                "chosen_reward", "rejected_reward", "chosen_s_wm", "rejected_s_wm", "chosen_sample_idx",
                "rejected_sample_idx"}

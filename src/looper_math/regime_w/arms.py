@@ -253,33 +253,29 @@ class Bandit:
         if n_q == 0:
             return {}
         total = self.k * n_q
-        if self.allocation == "uniform" and self.k == n_arms:
-            return {q: list(self.names) for q in question_ids}  # sample_idx i on arm i
-        rng = np.random.default_rng(stable_seed(self.seed, "allocate", *question_ids))
         if self.allocation == "uniform":
-            # an even split; the remainder goes to arms from a round-dependent offset
-            counts = np.full(n_arms, total // n_arms, dtype=np.int64)
-            offset = int(rng.integers(n_arms))
-            for j in range(total % n_arms):
-                counts[(offset + j) % n_arms] += 1
-        else:
-            counts = np.full(n_arms, min(math.ceil(self.floor * total - 1e-9), total // n_arms), dtype=np.int64)
-            rest = total - int(counts.sum())
-            means = self._posterior_means()
-            if self.allocation == "ucb":
-                # UCB1 with fantasised pulls: real pulls + this round's picks so far
-                fantasy = self.pulls.astype(float) + counts
-                tiebreak = rng.random(n_arms) * 1e-12
-                for _ in range(rest):
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        bonus = self.ucb_c * np.sqrt(math.log(max(fantasy.sum(), 1.0)) / fantasy)
-                    a = int(np.argmax(np.where(fantasy == 0, np.inf, means + bonus) + tiebreak))
-                    fantasy[a] += 1
-                    counts[a] += 1
-            else:  # thompson: one posterior draw per sample
-                sd = self._reward_sd() / np.sqrt(self.pulls + 1.0)
-                draws = means + sd * rng.standard_normal((rest, n_arms))
-                counts += np.bincount(np.argmax(draws, axis=1), minlength=n_arms) if rest else 0
+            # k == #arms keeps sample_idx i on arm i; otherwise k consecutive arms from a question-dependent
+            # offset. Per question, never per round, so shards of a run allocate exactly as one process does.
+            offsets = {q: 0 if self.k == n_arms else stable_seed(self.seed, "offset", q) % n_arms for q in question_ids}
+            return {q: [self.names[(offsets[q] + j) % n_arms] for j in range(self.k)] for q in question_ids}
+        rng = np.random.default_rng(stable_seed(self.seed, "allocate", *question_ids))
+        counts = np.full(n_arms, min(math.ceil(self.floor * total - 1e-9), total // n_arms), dtype=np.int64)
+        rest = total - int(counts.sum())
+        means = self._posterior_means()
+        if self.allocation == "ucb":
+            # UCB1 with fantasised pulls: real pulls + this round's picks so far
+            fantasy = self.pulls.astype(float) + counts
+            tiebreak = rng.random(n_arms) * 1e-12
+            for _ in range(rest):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    bonus = self.ucb_c * np.sqrt(math.log(max(fantasy.sum(), 1.0)) / fantasy)
+                a = int(np.argmax(np.where(fantasy == 0, np.inf, means + bonus) + tiebreak))
+                fantasy[a] += 1
+                counts[a] += 1
+        else:  # thompson: one posterior draw per sample
+            sd = self._reward_sd() / np.sqrt(self.pulls + 1.0)
+            draws = means + sd * rng.standard_normal((rest, n_arms))
+            counts += np.bincount(np.argmax(draws, axis=1), minlength=n_arms) if rest else 0
         # deal: the arms' pulls in arm order, position p to the p-th question of a shuffled order
         # (mod n), so every question gets k and each arm is spread over as many questions as it can be
         order = [question_ids[i] for i in rng.permutation(n_q)]
