@@ -79,6 +79,18 @@ def test_rft_targets_keep_distinct_correct_finished_best_first(tmp_path):
     assert got == {"q1": ["4 + 8 = 12. The answer is 12.\n#### 12", "3 * 4 = 12\n#### 12"]}
 
 
+def test_rft_targets_pool_several_rollouts_files(tmp_path):
+    """sft.rft_extra: the correct rows of later rollouts (another adapter's) join the base model's."""
+    from looper_math.sft import rft_targets
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(_rollout("q1", 0, "x\n#### 12", True, reward=1.0)) + "\n")
+    b.write_text("".join(json.dumps(r) + "\n" for r in [_rollout("q1", 0, "x\n#### 12", True, reward=1.0),  # same text
+                                                           _rollout("q1", 1, "y\n#### 12", True, reward=1.3),
+                                                           _rollout("q2", 0, "z\n#### 12", True)]))
+    assert rft_targets([a, b], per_question=4) == {"q1": ["y\n#### 12", "x\n#### 12"], "q2": ["z\n#### 12"]}
+
+
 def test_rft_targets_name_a_missing_file(tmp_path):
     from looper_math.runio import DataError
     from looper_math.sft import rft_targets

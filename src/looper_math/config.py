@@ -105,6 +105,7 @@ class SFTConfig:
     limit: Count | None = _f(None, "Use only the first N training examples (after the dev split).")
     data: Literal["gold", "rft", "gold+rft"] = _f("gold", "Training targets: gold (GSM8K reference solutions) | rft (rejection sampling: the model's own correct, finished trajectories from sft.rft_rollouts) | gold+rft.")
     rft_rollouts: str = _f("data/rollouts_base.jsonl", "Rollouts file the rft data come from; `looper-math run` writes it first (base model, rollouts.* settings, no adapter).")
+    rft_extra: list[str] = _f([], "More rollouts files whose correct trajectories join the rft data (e.g. the rollouts of the SFT or DPO adapter of an earlier run, STaR-style); they must exist.")
     rft_per_question: Count = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
 
 
@@ -361,7 +362,7 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
                           "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
                           "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
-                          "rollouts.score_workers"})
+                          "rollouts.score_workers"})  # sft.rft_extra stays a setting: it changes the data
 
 
 def eval_phase(adapter: str | None) -> str:

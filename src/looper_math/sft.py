@@ -34,22 +34,23 @@ from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughpu
 SFT_DATA = ("gold", "rft", "gold+rft")
 
 
-def rft_targets(path: Path, per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
+def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
     """Rejection-sampling fine-tuning targets (RFT, Yuan et al. 2023; STaR, Zelikman et al. 2022) from a
-    rollouts file: per question, up to ``per_question`` distinct correct, finished trajectories, highest
+    rollouts file (or several, pooled): per question, up to ``per_question`` distinct correct, finished trajectories, highest
     reward first (correct rows differ in reward by Regime W coherence and length only). Each target ends
     with the canonical ``#### N`` line (the gold answer appended when the model wrote the answer another
     way), so the trained model states its answer where both extractors find it."""
-    if not path.exists():
-        raise DataError(f"{path}: sft.data uses rft but the rollouts file is missing (run `looper-math rollouts "
-                        f"--set rollouts.adapter=none --set rollouts.output=...` first, or `looper-math run`)")
     by_q: dict[str, list[dict]] = {}
-    for i, row in enumerate(read_jsonl(path), 1):
-        for f in ("question_id", "full_text", "correct", "finished", "reward", "gold"):
-            if f not in row:
-                raise DataError(f"{path}:{i}: rollout row has no field '{f}'")
-        if row["correct"] and row["finished"] and (question_ids is None or row["question_id"] in question_ids):
-            by_q.setdefault(row["question_id"], []).append(row)
+    for path in [paths] if isinstance(paths, Path) else paths:
+        if not path.exists():
+            raise DataError(f"{path}: sft.data uses rft but the rollouts file is missing (run `looper-math rollouts "
+                            f"--set rollouts.adapter=none --set rollouts.output=...` first, or `looper-math run`)")
+        for i, row in enumerate(read_jsonl(path), 1):
+            for f in ("question_id", "full_text", "correct", "finished", "reward", "gold"):
+                if f not in row:
+                    raise DataError(f"{path}:{i}: rollout row has no field '{f}'")
+            if row["correct"] and row["finished"] and (question_ids is None or row["question_id"] in question_ids):
+                by_q.setdefault(row["question_id"], []).append(row)
     out: dict[str, list[str]] = {}
     for qid, rows in by_q.items():
         seen: set[str] = set()
@@ -79,10 +80,11 @@ def build_dataset(cfg: Config, tokenizer):
     if "gold" in cfg.sft.data.split("+"):
         rows += [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
     if "rft" in cfg.sft.data.split("+"):
-        targets = rft_targets(cfg.path(cfg.sft.rft_rollouts), cfg.sft.rft_per_question, {p.question_id for p in problems})
+        sources = [cfg.path(x) for x in [cfg.sft.rft_rollouts, *cfg.sft.rft_extra]]
+        targets = rft_targets(sources, cfg.sft.rft_per_question, {p.question_id for p in problems})
         rows += [sft_example(tokenizer, fmt, p.question, t, canonical=False) for p in problems for t in targets.get(p.question_id, [])]
         print(f"sft: {sum(map(len, targets.values()))} rft targets for {len(targets)}/{len(problems)} questions "
-              f"from {cfg.path(cfg.sft.rft_rollouts)}")
+              f"from {', '.join(map(str, sources))}")
     if not rows:
         raise DataError(f"sft: no training examples (sft.data={cfg.sft.data})")
 
