@@ -4,6 +4,7 @@ sampling without a vocabulary sort, evaluation-prompt rollouts, rejection-sampli
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -209,3 +210,37 @@ def test_sft_command_collects_the_base_rollouts_it_needs(smoke_cfg, tmp_path):
     assert len(rows) == 4 and {x["adapter"] for x in rows} == {None}
     summary = json.loads((cfg.path(cfg.sft.output_dir) / "train_summary.json").read_text())
     assert summary["data"] == "gold+rft" and summary["steps"] == 2
+
+
+def test_regime_w_reward_scores_groups_like_rollouts():
+    """The GRPO reward is the rollouts' reward: correct + coherence - length, per question group."""
+    from looper_math.config import load_config
+    from looper_math.grpo import regime_w_reward
+
+    cfg = load_config(None, ["regime_w.alpha_correct=1.0", "regime_w.beta_coherence=0.0", "regime_w.length_penalty=0.01"])
+    reward = regime_w_reward(cfg)
+    q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    ref = "3+4=<<3+4=7>>7\n#### 7"
+    out = reward(prompts=[q] * 3, completions=[[{"role": "assistant", "content": "3 + 4 = 7\n#### 7"}], "#### 8", "#### 7"],
+                 completion_ids=[[1] * 10, [1] * 5, [1] * 20], question=[q] * 3, answer=[ref] * 3, gold=["7"] * 3,
+                 question_id=["q"] * 3)
+    assert out == pytest.approx([1.0 - 0.1, -0.05, 1.0 - 0.2])
+
+
+def test_grpo_trains_the_adapter_with_the_regime_w_reward(smoke_cfg):
+    """Two GRPO steps on the tiny model from an SFT adapter: the adapter moves, rewards are logged."""
+    from safetensors.torch import load_file
+
+    from looper_math.grpo import train_grpo
+    from looper_math.sft import train_sft
+
+    cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.num_generations=2", "grpo.batch_size=4",
+                    "grpo.max_completion_length=12", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
+                    "grpo.temperature=1.5")
+    train_sft(cfg)
+    summary = train_grpo(cfg)
+    assert summary["steps"] == 2 and len(summary["rewards"]) == 2 and all(math.isfinite(r) for _, r in summary["rewards"])
+    sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
+    grpo = load_file(cfg.path(cfg.grpo.output_dir) / "adapter_model.safetensors")
+    assert set(grpo) == set(sft) and any(not torch.equal(grpo[k], sft[k]) for k in sft), "GRPO did not move the adapter"
+    assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"

@@ -99,6 +99,14 @@ def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False,
 
 
 @app.command()
+def grpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Online RL: TRL GRPO from grpo.init_adapter with the Regime W reward -> grpo.output_dir."""
+    from looper_math.grpo import train_grpo
+
+    _guard(lambda: train_grpo(_load(config, set), resume=resume, overwrite=overwrite))
+
+
+@app.command()
 def rollouts(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
              limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
              shard: Annotated[str | None, typer.Option(help="i/n: this process takes shard i of n (0-based); output gets a .shard-i-of-n suffix.")] = None):

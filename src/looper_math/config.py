@@ -175,6 +175,29 @@ class DPOConfig:
 
 
 @dataclass
+class GRPOConfig:
+    output_dir: str = _f("checkpoints/grpo_lora", "Where the GRPO adapter goes (relative to run_dir).")
+    init_adapter: str = _f("sft", "Adapter GRPO starts from: sft | dpo | a path.")
+    limit: Count | None = _f(None, "Only the first N training questions (after the dev split).")
+    num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over).")
+    max_completion_length: Count = _f(400, "Max generated tokens per completion.")
+    temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
+    beta: Weight = _f(0.0, "KL weight against the initial adapter; 0 = no reference model (TRL's default).")
+    learning_rate: Rate = _f(1e-5, "Learning rate.")
+    lr_scheduler: Scheduler = _f("cosine", "transformers scheduler name.")
+    warmup_ratio: Warmup = _f(0.05, "Share of steps for warm-up.")
+    epochs: Rate = _f(1.0, "Epochs over the questions.")
+    max_steps: MaxSteps = _f(-1, "Stop after N steps (-1: epochs).")
+    batch_size: Count = _f(16, "Per-device completions per step (a multiple of num_generations with grad_accum).")
+    grad_accum: Count = _f(1, "Gradient accumulation.")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
+    logging_steps: Count = _f(5, "Log every N steps.")
+    save_steps: Count = _f(100, "Checkpoint every N steps.")
+    seed: NonNeg = _f(42, "Training seed (and the seed of s_cf's perturbations).")
+
+
+@dataclass
 class EvalConfig:
     split: Literal["test", "dev"] = _f("test", "test | dev (dev split cut from train).")
     base_output: str = _f("outputs/abel_base_platinum_eval.jsonl", "Per-example JSONL for the base model.")
@@ -201,6 +224,7 @@ class Config:
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     prefs: PrefsConfig = field(default_factory=PrefsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def path(self, rel: str) -> Path:
