@@ -16,14 +16,13 @@ Writes the adapter to ``dpo.output_dir`` (layout in train_common).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from looper_math.config import Config, fingerprint
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
-                                      launched_state, loss_line, losses, prepare_output, save_final, train_or_finish)
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
+                                      launched_state, loss_line, losses, prepare_output, save_final, resume_and_train)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -115,13 +114,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     )
     meter = Throughput()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
-    ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
-    if ckpt:
-        print(f"dpo: resuming from {ckpt}")
-        _load_trained_adapter(trainer.model, Path(ckpt))
-    t0 = time.time()
-    train_loss = train_or_finish(trainer, ckpt)
-    seconds = time.time() - t0
+    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "dpo", on_resume=lambda c: _load_trained_adapter(trainer.model, Path(c)))
     # Save only the trained "default" adapter; the frozen "ref" copy is an implementation detail of TRL.
     if "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")

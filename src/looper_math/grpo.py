@@ -20,7 +20,6 @@ question that decides whether `looper-math run` should use it.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
 from looper_math.runio import DataError, check_output
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main,
-                                      last_checkpoint, launched_state, loss_line, prepare_output, save_final, train_or_finish)
+                                       launched_state, loss_line, prepare_output, save_final, resume_and_train)
 
 
 def completion_text(completion) -> str:
@@ -121,12 +120,7 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
     meter = Throughput()
     trainer = GRPOTrainer(model=model, reward_funcs=[regime_w_reward(cfg)], args=args, train_dataset=train_ds,
                           processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
-    ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
-    if ckpt:
-        print(f"grpo: resuming from {ckpt}")
-    t0 = time.time()
-    train_loss = train_or_finish(trainer, ckpt)
-    seconds = time.time() - t0
+    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "grpo")
     hist = trainer.state.log_history
     rewards = [(h["step"], h["reward"]) for h in hist if "reward" in h]
     summary = {

@@ -18,7 +18,6 @@ Assumptions and choices:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from looper_math.config import Config, ConfigError, fingerprint
@@ -27,8 +26,8 @@ from looper_math.modeling import chat_end_token, load_model, load_tokenizer, res
 from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
 from looper_math.runio import DataError, check_output, read_jsonl
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main, last_checkpoint,
-                                      launched_state, loss_line, losses, peft_lora_config, prepare_output, save_final, train_or_finish)
+from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
+                                      launched_state, loss_line, losses, peft_lora_config, prepare_output, save_final, resume_and_train)
 
 
 SFT_DATA = ("gold", "rft", "gold+rft")
@@ -145,12 +144,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     meter = Throughput()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
-    ckpt = last_checkpoint(out_dir / "trainer") if mode == "resume" else None
-    if ckpt:
-        print(f"sft: resuming from {ckpt}")
-    t0 = time.time()
-    train_loss = train_or_finish(trainer, ckpt)
-    seconds = time.time() - t0
+    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "sft")
     hist = trainer.state.log_history
     summary = {
         "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "data": cfg.sft.data, "examples": len(train_ds),

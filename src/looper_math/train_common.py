@@ -136,6 +136,19 @@ def train_or_finish(trainer, ckpt: str | None) -> float:
         return sum(logged) / len(logged) if logged else float("nan")
 
 
+def resume_and_train(trainer, out_dir: Path, mode: str, phase: str, on_resume=None) -> tuple[float, float, str | None]:
+    """Train from the newest complete checkpoint when resuming (``on_resume(ckpt)`` runs first), else from
+    scratch; returns (training loss, seconds, the checkpoint resumed from or None)."""
+    ckpt = last_checkpoint(Path(out_dir) / "trainer") if mode == "resume" else None
+    if ckpt:
+        print(f"{phase}: resuming from {ckpt}")
+        if on_resume is not None:
+            on_resume(ckpt)
+    t0 = time.time()
+    loss = train_or_finish(trainer, ckpt)
+    return loss, time.time() - t0, ckpt
+
+
 def peft_lora_config(cfg):
     from peft import LoraConfig
 

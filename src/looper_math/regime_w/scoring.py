@@ -98,7 +98,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from looper_math.answers import answers_equal, extract_answer, gold_answer, normalize_number
+from looper_math.answers import answers_equal, extract_answer, gold_answer
 from looper_math.calculator import MAX_RESULT, CalculatorError, evaluate
 from looper_math.regime_w.arms import stable_seed
 
