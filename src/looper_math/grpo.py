@@ -27,7 +27,7 @@ from looper_math.config import Config
 from looper_math.data import load_split
 from looper_math.evaluate import score_row
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.prompts import build_prompt, user_text
+from looper_math.prompts import trl_prompt
 from looper_math.regime_w.arms import stable_seed
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
@@ -72,12 +72,8 @@ def build_dataset(cfg: Config, tokenizer):
     problems = load_split(cfg, "train")
     if cfg.grpo.limit:
         problems = problems[: cfg.grpo.limit]
-    fmt = cfg.model.prompt_format
-    rows = []
-    for p in problems:
-        # chat models get the conversational prompt (TRL applies the template), others the exact eval prompt
-        prompt = [{"role": "user", "content": user_text(p.question)}] if fmt == "chat" else build_prompt(tokenizer, fmt, p.question)
-        rows.append({"prompt": prompt, "question": p.question, "answer": p.answer, "gold": p.gold, "question_id": p.question_id})
+    rows = [{"prompt": trl_prompt(tokenizer, cfg.model.prompt_format, p.question), "question": p.question, "answer": p.answer,
+             "gold": p.gold, "question_id": p.question_id} for p in problems]
     if not rows:
         raise DataError("grpo: no training questions")
     return datasets.Dataset.from_list(rows)

@@ -46,14 +46,6 @@ def round_config(cfg: Config, r: int) -> Config:
     return c
 
 
-def rft_rollouts_config(cfg: Config) -> Config:
-    """The rollouts that feed rejection-sampling SFT (sft.data rft / gold+rft): the base model, no adapter."""
-    c = copy.deepcopy(cfg)
-    c.rollouts.adapter = "none"
-    c.rollouts.output = cfg.sft.rft_rollouts
-    return c
-
-
 @dataclass
 class Output:
     """A phase's finished output as ``run`` checks it before skipping it."""
@@ -117,7 +109,7 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
     from looper_math.preferences import run_prefs
     from looper_math.report import build_report
     from looper_math.rollouts import collect_rollouts, rollouts_complete
-    from looper_math.sft import sft_complete, train_sft
+    from looper_math.sft import rft_rollouts_config, sft_complete, train_sft
     from looper_math.train_common import is_complete
 
     from looper_math.runio import launcher_rank
@@ -147,8 +139,8 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
         done.append(name)
 
     sft_inputs: tuple[Path, ...] = ()
-    if "rft" in cfg.sft.data.split("+"):
-        c0 = rft_rollouts_config(cfg)
+    c0 = rft_rollouts_config(cfg)
+    if c0 is not None:
         base_out = _jsonl_output(c0, "rollouts_base", c0.path(c0.rollouts.output), "rows")
         phase("phase 2: rollouts from the base model (RFT data for SFT)", rollouts_complete(c0),
               lambda: collect_rollouts(c0, resume=resume, overwrite=overwrite), base_out)

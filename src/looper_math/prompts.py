@@ -52,12 +52,20 @@ def sft_target(solution: str) -> str:
     return f"{body.rstrip()}\n#### {final.strip()}"
 
 
+def trl_prompt(tokenizer, fmt: str, question: str) -> list[dict] | str:
+    """The evaluation prompt as TRL trainers take it: the user turn for chat models (TRL applies the
+    template), the exact prompt text otherwise."""
+    if fmt == "chat":
+        check_format(fmt, tokenizer)
+        return [{"role": "user", "content": user_text(question)}]
+    return build_prompt(tokenizer, fmt, question)
+
+
 def sft_example(tokenizer, fmt: str, question: str, solution: str, canonical: bool = True) -> dict:
     """One TRL prompt/completion example (conversational for chat models, plain strings otherwise).
     ``canonical=False`` takes ``solution`` as the target verbatim (a model's own text, see sft.rft_targets)."""
     target = sft_target(solution) if canonical else solution.strip()
+    prompt = trl_prompt(tokenizer, fmt, question)
     if fmt == "chat":
-        check_format(fmt, tokenizer)
-        return {"prompt": [{"role": "user", "content": user_text(question)}],
-                "completion": [{"role": "assistant", "content": target}]}
-    return {"prompt": build_prompt(tokenizer, fmt, question), "completion": " " + target if fmt == "plain" else target}
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": target}]}
+    return {"prompt": prompt, "completion": " " + target if fmt == "plain" else target}

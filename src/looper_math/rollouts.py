@@ -207,12 +207,12 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
             step = max(r.questions_per_round, 1)
             for start in range(0, len(todo), step):
                 part = todo[start:start + step]
-                reqs, meta = [], []
+                reqs, meta, eval_prompts = [], [], {}
                 # the bandit allocates the whole round at once, so its exploration floor holds per round
                 allocation = bandit.allocate_round([p.question_id for p in part]) if bandit is not None else {}
                 for p in part:
                     allocated = [EVAL_ARM] * n_eval + allocation.get(p.question_id, [])
-                    eval_prompt = build_prompt(tokenizer, fmt, p.question)
+                    eval_prompt = eval_prompts[p.question_id] = build_prompt(tokenizer, fmt, p.question)
                     for idx in range(r.k):
                         if (p.question_id, idx) in sink:
                             continue
@@ -241,8 +241,6 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     for _, idx, _, _, _, res in items:
                         group[idx] = res.text
                     groups[qid] = (p, group, sorted(group))
-                if w.cf_source not in ("reference", "peers"):
-                    raise ValueError(f"regime_w.cf_source: expected reference | peers, got {w.cf_source!r}")
                 score_args = {qid: ((p.question, [group[i] for i in order], p.answer if w.cf_source == "reference" else None,
                                      weights, w.cf_perturbations),
                                     {"seed": stable_seed(r.seed, qid) % (2**32), "answer_mode": cfg.eval.answer_mode})
@@ -257,7 +255,6 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                 for qid, items in new_by_q.items():
                     p, group, order = groups[qid]
                     scores = dict(zip(order, scored[qid]))
-                    eval_prompt = build_prompt(tokenizer, fmt, p.question)
                     for _, idx, arm, seed, req, res in items:
                         sc = score_row(res.text, p.gold, cfg.eval.answer_mode)
                         sco = scores[idx]
@@ -265,7 +262,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                         rows.append({
                             "question_id": qid, "sample_idx": idx, "arm": arm.name if arm is not None else EVAL_ARM,
                             "arm_family": arm.family if arm is not None else "eval",
-                            "prompt": req.prompt, "eval_prompt": eval_prompt, "full_text": res.text,
+                            "prompt": req.prompt, "eval_prompt": eval_prompts[qid], "full_text": res.text,
                             "reasoning": reasoning_of(res.text), "answer": sc["extracted_strict"] if cfg.eval.answer_mode == "strict" else sc["extracted_flexible"],
                             "gold": p.gold, "correct": sc["correct"], "num_tokens": res.num_tokens, "finished": res.finished,
                             "s_end": sco["s_end"], "s_path": sco["s_path"], "s_cf": sco["s_cf"], "s_wm": sco["s_wm"],

@@ -18,6 +18,7 @@ Assumptions and choices:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from looper_math.config import Config, ConfigError, fingerprint
@@ -30,7 +31,15 @@ from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughpu
                                       launched_state, loss_line, losses, peft_lora_config, prepare_output, save_final, resume_and_train)
 
 
-SFT_DATA = ("gold", "rft", "gold+rft")
+def rft_rollouts_config(cfg: Config) -> Config | None:
+    """The config of the rollouts that rejection-sampling SFT learns from (the base model, no adapter, written
+    to ``sft.rft_rollouts``), or None when ``sft.data`` uses no rft data."""
+    if "rft" not in cfg.sft.data.split("+"):
+        return None
+    c = copy.deepcopy(cfg)
+    c.rollouts.adapter = "none"
+    c.rollouts.output = cfg.sft.rft_rollouts
+    return c
 
 
 def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
@@ -69,8 +78,6 @@ def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[s
 def build_dataset(cfg: Config, tokenizer):
     import datasets
 
-    if cfg.sft.data not in SFT_DATA:
-        raise ConfigError(f"sft.data: expected one of {SFT_DATA}, got {cfg.sft.data!r}")
     problems = load_split(cfg, "train")
     if cfg.sft.limit:
         problems = problems[: cfg.sft.limit]
@@ -78,7 +85,7 @@ def build_dataset(cfg: Config, tokenizer):
     rows = []
     if "gold" in cfg.sft.data.split("+"):
         rows += [sft_example(tokenizer, fmt, p.question, p.answer) for p in problems]
-    if "rft" in cfg.sft.data.split("+"):
+    if rft_rollouts_config(cfg) is not None:
         sources = [cfg.path(x) for x in [cfg.sft.rft_rollouts, *cfg.sft.rft_extra]]
         targets = rft_targets(sources, cfg.sft.rft_per_question, {p.question_id for p in problems})
         rows += [sft_example(tokenizer, fmt, p.question, t, canonical=False) for p in problems for t in targets.get(p.question_id, [])]
