@@ -20,22 +20,7 @@
 set -uo pipefail
 STAGE="${1:?stage 1|2|3}"; DEADLINE="${2:-560}"
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
-START=$SECONDS; RESERVE=25
-source "$(dirname "$0")/device_env.sh"
-L="python3 -m looper_math.cli"
-R=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['run_dir'])")
-left() { echo $((DEADLINE - (SECONDS - START) - RESERVE)); }
-step() {  # step CMD...: run with the time left; never past the deadline
-  local t; t=$(left)
-  if [ "$t" -lt 20 ]; then echo "=== skipped (deadline): $*"; return 124; fi
-  echo "=== $* ($(date +%T), ${t}s left)"; local t0=$SECONDS
-  timeout -s INT -k 15 "$t" "$@"; local rc=$?
-  echo "=== rc=$rc in $((SECONDS - t0))s"; return $rc
-}
-evaltest() {  # evaltest NAME ADAPTER: greedy eval on the full test split -> outputs/NAME_test_eval.jsonl
-  step $L eval -c "$CFG" --adapter "$2" --set eval.split=test --output "$R/outputs/$1_test_eval.jsonl" --resume
-}
-cmp() { [ -f "$R/outputs/$1.jsonl" ] && [ -f "$R/outputs/$2.jsonl" ] && $L compare "$R/outputs/$1.jsonl" "$R/outputs/$2.jsonl" | tee "$R/outputs/compare_$1__$2.txt"; }
+source "$(dirname "$0")/stage_lib.sh"
 ablation() {  # ablation NAME PAIRS_FILE [--set ...]: DPO from the same SFT adapter on other pairs, then the test eval
   local name="$1" pairs="$2"; shift 2
   step $L dpo -c "$CFG" --set prefs.output="$pairs" --set dpo.output_dir="checkpoints/dpo_$name" "$@" --resume &&
@@ -72,10 +57,4 @@ case "$STAGE" in
     ;;
 esac
 
-# What comes back (at most 8 files): this stage's log is tee'd by the caller; summaries and per-example eval
-# rows (test and dev), pair summaries and train summaries in one archive; adapters and rollouts stay.
-mkdir -p "$OUT"
-tar czf "$OUT/stage$STAGE.tgz" -C "$R" --exclude='*.safetensors' --exclude='trainer' --exclude='rollouts_*.jsonl' \
-  outputs data $(cd "$R" && ls -d checkpoints/*/train_summary.json checkpoints/*/resolved_config.yaml 2>/dev/null) 2>/dev/null
-ls -la "$OUT"
-echo "stage $STAGE done in $((SECONDS - START))s"
+pack

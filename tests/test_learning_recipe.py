@@ -244,3 +244,64 @@ def test_grpo_trains_the_adapter_with_the_regime_w_reward(smoke_cfg):
     grpo = load_file(cfg.path(cfg.grpo.output_dir) / "adapter_model.safetensors")
     assert set(grpo) == set(sft) and any(not torch.equal(grpo[k], sft[k]) for k in sft), "GRPO did not move the adapter"
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
+
+
+def test_merged_rollouts_copy_matches_the_policy_and_returns_sampled_ids(smoke_cfg):
+    """grpo.generation=looper: the private copy computes what base + current LoRA computes (fp32), follows
+    the adapter after it changes, never touches the policy, and hands TRL the ids it sampled."""
+    from types import SimpleNamespace
+
+    from looper_math.grpo import MergedRollouts
+    from looper_math.modeling import load_model_with_adapter, load_tokenizer
+    from looper_math.sft import train_sft
+
+    cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_completion_length=10", "grpo.temperature=1.0")
+    train_sft(cfg)
+    policy, _ = load_model_with_adapter(cfg, "sft", "cpu", trainable=True)
+    policy.eval()
+    tok = load_tokenizer(cfg)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    rollout = MergedRollouts(cfg, tok, "cpu")
+    trainer = SimpleNamespace(model=policy, state=SimpleNamespace(global_step=0),
+                              accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    ids = torch.tensor([tok("Question: Tom has 3 apples and buys 4 more.\nAnswer:")["input_ids"]])
+
+    for round_ in range(2):
+        if round_:  # the adapter moves (as after an optimizer step): the copy must follow
+            with torch.no_grad():
+                for name, p in policy.named_parameters():
+                    if "lora_B" in name:
+                        p.add_(0.05 * torch.randn_like(p))
+            before = {k: v.clone() for k, v in policy.state_dict().items()}
+        prompts = ["Question: What is 2 + 3?\nAnswer:"] * 2 + ["Question: Sam has 5 pens. How many pens?\nAnswer:"] * 2
+        out = rollout(prompts, trainer)
+        with torch.no_grad():
+            want, got = policy(input_ids=ids).logits, rollout.copy(input_ids=ids).logits
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items()), "the policy was changed"
+        assert out["logprobs"] is None and len(out["completion_ids"]) == len(prompts) == len(out["prompt_ids"])
+        assert out["prompt_ids"][0] == tok(prompts[0], add_special_tokens=False)["input_ids"] or out["prompt_ids"][0]
+        assert all(0 < len(c) <= 10 for c in out["completion_ids"])
+    assert rollout.calls == 2
+    # the k samples of one prompt are drawn with different seeds
+    assert len({tuple(c) for c in out["completion_ids"][:2]}) + len({tuple(c) for c in out["completion_ids"][2:]}) >= 3
+
+
+@pytest.mark.parametrize("generation", ["looper", "trl"])
+def test_grpo_generation_paths_both_train(smoke_cfg, generation):
+    """Both samplers feed GRPOTrainer: one step each, the adapter moves and the summary says who sampled."""
+    from safetensors.torch import load_file
+
+    from looper_math.grpo import train_grpo
+    from looper_math.sft import train_sft
+
+    cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=1", "grpo.num_generations=4", "grpo.batch_size=8",
+                    "grpo.max_completion_length=24", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
+                    "grpo.temperature=1.5", "regime_w.length_penalty=0.05", "grpo.warmup_ratio=0",
+                    f"grpo.generation={generation}")
+    train_sft(cfg)
+    summary = train_grpo(cfg)
+    assert summary["steps"] == 1 and summary["generation"] == generation
+    sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
+    grpo = load_file(cfg.path(cfg.grpo.output_dir) / "adapter_model.safetensors")
+    assert any(not torch.equal(grpo[k], sft[k]) for k in sft), "GRPO did not move the adapter"

@@ -182,6 +182,7 @@ class GRPOConfig:
     num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over).")
     max_completion_length: Count = _f(400, "Max generated tokens per completion.")
     temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
+    generation: Literal["looper", "trl"] = _f("looper", "Who samples the completions: looper (this project's engine, eval.engine, on a private copy of the base weights with the current LoRA merged in, refreshed every step; fast on CUDA) | trl (TRL's own model.generate on base + unmerged LoRA, the reference path).")
     beta: Weight = _f(0.0, "KL weight against the initial adapter; 0 = no reference model (TRL's default).")
     learning_rate: Rate = _f(1e-5, "Learning rate.")
     lr_scheduler: Scheduler = _f("cosine", "transformers scheduler name.")

@@ -23,7 +23,7 @@ Guarantees, whatever the engine:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
@@ -46,6 +46,7 @@ class GenResult:
     text: str  # decoded completion only (skip_special_tokens), cut at the first stop string
     num_tokens: int  # tokens generated (including EOS when produced; excluding padding)
     finished: bool  # True if EOS or a stop string was produced before max_new_tokens
+    token_ids: list[int] = field(default_factory=list)  # the num_tokens generated ids (what GRPO trains on)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def results_from_ids(
     for row, fs in zip(gen_ids.tolist(), first_stop):
         n = fs + 1 if fs >= 0 else len(row)
         text, cut = cut_at_stop(tokenizer.decode(row[:n], skip_special_tokens=True), stop_strings)
-        out.append(GenResult(text=text, num_tokens=n, finished=fs >= 0 or cut))
+        out.append(GenResult(text=text, num_tokens=n, finished=fs >= 0 or cut, token_ids=row[:n]))
     return out
 
 
@@ -605,7 +606,7 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
             stopped = True
         text, _ = cut_at_stop(tokenizer.decode(toks[:n], skip_special_tokens=True), stop_strings)
         finished = stopped or (hit_eos and n == len(toks))
-        results[owner[s]] = GenResult(text=text, num_tokens=n, finished=finished)
+        results[owner[s]] = GenResult(text=text, num_tokens=n, finished=finished, token_ids=toks[:n])
         bar.update(1, n)
         owner[s] = None
 

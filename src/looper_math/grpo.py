@@ -3,9 +3,10 @@
 Command: ``looper-math grpo [--resume]``. Writes the adapter to ``grpo.output_dir`` (layout in train_common);
 evaluate it with ``looper-math eval --adapter <run_dir>/<grpo.output_dir>``.
 
-- TRL ``GRPOTrainer`` on the adapter ``grpo.init_adapter`` (default: the SFT adapter), loaded trainable; its
-  generation is TRL's own (``model.generate``), ``grpo.num_generations`` completions per training question
-  under the evaluation prompt.
+- TRL ``GRPOTrainer`` on the adapter ``grpo.init_adapter`` (default: the SFT adapter), loaded trainable;
+  ``grpo.num_generations`` completions per training question under the evaluation prompt, sampled by this
+  project's engine on a merged copy of the current policy (``MergedRollouts``, TRL's ``rollout_func``), or by
+  TRL's own ``model.generate`` with ``grpo.generation: trl``.
 - The reward is the rollouts' reward, from the same code: ``alpha_correct * correct + beta_coherence * s_wm -
   length_penalty * num_tokens`` (``regime_w.reward.compute_reward``), with ``correct`` graded in
   ``eval.answer_mode`` and ``s_wm`` from ``regime_w.scoring.score_group`` over the question's group of
@@ -20,14 +21,16 @@ question that decides whether `looper-math run` should use it.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
 from looper_math.config import Config
 from looper_math.data import load_split
 from looper_math.evaluate import score_row
-from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.prompts import trl_prompt
+from looper_math.generation import GenRequest, encode_prompts, generate
+from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
+from looper_math.prompts import STOP_STRINGS, trl_prompt
 from looper_math.regime_w.arms import stable_seed
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
@@ -53,9 +56,12 @@ def regime_w_reward(cfg: Config):
             groups[qid].append(i)
         out = [0.0] * len(texts)
         for qid, idx in groups.items():
-            reference = answer[idx[0]] if w.cf_source == "reference" else None
-            scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
-                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode)
+            if w.beta_coherence:
+                reference = answer[idx[0]] if w.cf_source == "reference" else None
+                scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
+                                     seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode)
+            else:  # the binary correctness reward: coherence has weight 0, so it is not scored
+                scores = [{"s_wm": 0.0}] * len(idx)
             for i, s in zip(idx, scores):
                 correct = score_row(texts[i], gold[i], cfg.eval.answer_mode)["correct"]
                 out[i] = compute_reward(correct, s["s_wm"], len(completion_ids[i]), w.alpha_correct, w.beta_coherence,
@@ -64,6 +70,57 @@ def regime_w_reward(cfg: Config):
 
     reward.__name__ = "regime_w_reward"  # the name TRL logs the reward under
     return reward
+
+
+class MergedRollouts:
+    """GRPOTrainer's ``rollout_func`` for ``grpo.generation: looper``: completions from this project's
+    ``generation.generate`` (``eval.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
+
+    Decoding base + unmerged LoRA is about 3x slower than the plain model (issue 12), and merging in place
+    and back each step would drift the bf16 base weights. So the policy is copied once into a private
+    plain model and, before every generation, each LoRA projection of that copy is set to
+    ``base_weight + delta`` (PEFT's ``get_delta_weight``, dropout off) from the trainer's current adapter.
+    The trainer's model is never changed; completions are the sampled token ids themselves. Sampling
+    logprobs are not returned (None), as with TRL's own generate: the loss uses the trainer's forward.
+    """
+
+    def __init__(self, cfg: Config, tokenizer, device: str):
+        self.cfg, self.tokenizer, self.device = cfg, tokenizer, device
+        self.copy = None
+        self.calls = 0
+
+    def sync(self, policy) -> None:
+        """Set the private copy's weights to the policy's merged weights (base + current LoRA delta)."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        if self.copy is None:
+            self.copy = load_model(self.cfg, self.device).eval().requires_grad_(False)
+        with torch.no_grad():
+            for name, module in policy.get_base_model().named_modules():
+                if not isinstance(module, LoraLayer):
+                    continue
+                weight = module.get_base_layer().weight
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                self.copy.get_submodule(name).weight.copy_(weight + delta)
+
+    def prompt_text(self, prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        g, step = self.cfg.grpo, trainer.state.global_step
+        self.sync(trainer.accelerator.unwrap_model(trainer.model))
+        texts = [self.prompt_text(p) for p in prompts]
+        requests = [GenRequest(prompt=t, temperature=g.temperature, seed=stable_seed(g.seed, step, self.calls, i) % (2**63))
+                    for i, t in enumerate(texts)]
+        self.calls += 1
+        results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
+                           batch_size=len(requests), stop_strings=STOP_STRINGS[self.cfg.model.prompt_format],
+                           engine=self.cfg.eval.engine, progress=False)
+        return {"prompt_ids": encode_prompts(self.tokenizer, texts), "completion_ids": [r.token_ids for r in results],
+                "logprobs": None}
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -112,16 +169,22 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=bf16, fp16=False,
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=2, seed=g.seed, data_seed=g.seed,
         report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False, ddp_find_unused_parameters=False,
+        disable_dropout=True,  # the sampled policy (dropout off) is the one the loss scores
     )
     meter = Throughput()
+    rollout = None
+    if g.generation == "looper":
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental; we test it
+        rollout = MergedRollouts(cfg, tokenizer, device)
     trainer = GRPOTrainer(model=model, reward_funcs=[regime_w_reward(cfg)], args=args, train_dataset=train_ds,
-                          processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
+                          processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter],
+                          rollout_func=rollout)
     train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "grpo")
     hist = trainer.state.log_history
     rewards = [(h["step"], h["reward"]) for h in hist if "reward" in h]
     summary = {
         "phase": "grpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
-        "questions": len(train_ds), "num_generations": g.num_generations, "steps": trainer.state.global_step,
+        "questions": len(train_ds), "num_generations": g.num_generations, "generation": g.generation, "steps": trainer.state.global_step,
         "train_loss": train_loss, "rewards": rewards, "seconds": round(seconds, 2), "resumed_from": ckpt,
         "processes": trainer.args.world_size, **meter.steady(),
     }
