@@ -215,16 +215,21 @@ def test_sft_command_collects_the_base_rollouts_it_needs(smoke_cfg, tmp_path):
 def test_regime_w_reward_scores_groups_like_rollouts():
     """The GRPO reward is the rollouts' reward: correct + coherence - length, per question group."""
     from looper_math.config import load_config
-    from looper_math.grpo import regime_w_reward
+    from looper_math.grpo import grpo_reward
 
-    cfg = load_config(None, ["regime_w.alpha_correct=1.0", "regime_w.beta_coherence=0.0", "regime_w.length_penalty=0.01"])
-    reward = regime_w_reward(cfg)
     q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
     ref = "3+4=<<3+4=7>>7\n#### 7"
-    out = reward(prompts=[q] * 3, completions=[[{"role": "assistant", "content": "3 + 4 = 7\n#### 7"}], "#### 8", "#### 7"],
+    batch = dict(prompts=[q] * 3, completions=[[{"role": "assistant", "content": "3 + 4 = 7\n#### 7"}], "#### 8", "#### 7"],
                  completion_ids=[[1] * 10, [1] * 5, [1] * 20], question=[q] * 3, answer=[ref] * 3, gold=["7"] * 3,
                  question_id=["q"] * 3)
-    assert out == pytest.approx([1.0 - 0.1, -0.05, 1.0 - 0.2])
+    cfg = load_config(None, ["grpo.reward=regime_w", "regime_w.alpha_correct=1.0", "regime_w.beta_coherence=0.0",
+                             "regime_w.length_penalty=0.01"])
+    assert grpo_reward(cfg)(**batch) == pytest.approx([1.0 - 0.1, -0.05, 1.0 - 0.2])
+    with_coherence = grpo_reward(load_config(None, ["grpo.reward=regime_w", "regime_w.length_penalty=0"]))(**batch)
+    assert with_coherence != [1.0, 0.0, 1.0]  # s_wm enters
+    # the default: the binary correctness reward, alpha_correct per correct answer, nothing else
+    binary = grpo_reward(load_config(None, ["regime_w.alpha_correct=2.0"]))
+    assert binary.__name__ == "correctness_reward" and binary(**batch) == [2.0, 0.0, 2.0]
 
 
 def test_grpo_trains_the_adapter_with_the_regime_w_reward(smoke_cfg):
@@ -236,7 +241,7 @@ def test_grpo_trains_the_adapter_with_the_regime_w_reward(smoke_cfg):
 
     cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.num_generations=2", "grpo.batch_size=4",
                     "grpo.max_completion_length=12", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
-                    "grpo.temperature=1.5")
+                    "grpo.temperature=1.5", "grpo.reward=regime_w")
     train_sft(cfg)
     summary = train_grpo(cfg)
     assert summary["steps"] == 2 and len(summary["rewards"]) == 2 and all(math.isfinite(r) for _, r in summary["rewards"])
@@ -297,7 +302,7 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
 
     cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=1", "grpo.num_generations=4", "grpo.batch_size=8",
                     "grpo.max_completion_length=24", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
-                    "grpo.temperature=1.5", "regime_w.length_penalty=0.05", "grpo.warmup_ratio=0",
+                    "grpo.temperature=1.5", "regime_w.length_penalty=0.05", "grpo.warmup_ratio=0", "grpo.reward=regime_w",
                     f"grpo.generation={generation}")
     train_sft(cfg)
     summary = train_grpo(cfg)
@@ -305,3 +310,31 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
     grpo = load_file(cfg.path(cfg.grpo.output_dir) / "adapter_model.safetensors")
     assert any(not torch.equal(grpo[k], sft[k]) for k in sft), "GRPO did not move the adapter"
+
+
+def test_run_with_policy_grpo_trains_rounds_of_grpo_and_skips_them_when_current(smoke_cfg, capsys):
+    """`policy: grpo`: SFT -> [GRPO -> eval] x 2, round 2 continuing from round 1 with the next seed; no rollouts
+    or pairs phases; a rerun finds every phase complete; the final compare is SFT vs the last GRPO round."""
+    from safetensors.torch import load_file
+
+    from looper_math.pipeline import run_pipeline
+
+    cfg = smoke_cfg("policy=grpo", "sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=1", "grpo.num_generations=2",
+                    "grpo.batch_size=4", "grpo.max_completion_length=12", "grpo.limit=8", "grpo.learning_rate=1.0e-2",
+                    "grpo.warmup_ratio=0", "grpo.temperature=1.5", "grpo.reward=regime_w", "eval.limit=4",
+                    "eval.max_new_tokens=8")
+    result = run_pipeline(cfg, rounds=2)
+    assert not any("rollouts" in p or "pairs" in p or "DPO" in p for p in result["phases_run"])
+    assert [p for p in result["phases_run"] if "GRPO" in p] == [
+        "phase 4: GRPO (round 1)", "phase 5: eval GRPO (round 1)", "phase 4: GRPO (round 2)", "phase 5: eval GRPO (round 2)"]
+    r1, r2 = cfg.path("checkpoints/grpo_lora"), cfg.path("checkpoints/grpo_lora_r2")
+    s2 = json.loads((r2 / "train_summary.json").read_text())
+    assert s2["init_adapter"] == str(r1)
+    resolved = (r2 / "resolved_config.yaml").read_text()
+    assert f"seed: {cfg.grpo.seed + 1}" in resolved
+    w1, w2 = load_file(r1 / "adapter_model.safetensors"), load_file(r2 / "adapter_model.safetensors")
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1), "round 2 did not train"
+    assert cfg.path("outputs/grpo_eval_r2.jsonl").exists() and "grpo_eval_r2.jsonl" in json.dumps(result["compare"]["b"])
+    capsys.readouterr()
+    again = run_pipeline(cfg, rounds=2)
+    assert again["phases_run"] == []

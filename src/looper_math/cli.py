@@ -12,7 +12,7 @@ import errno
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -189,12 +189,16 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (run_dir 
 
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
-        rounds: Annotated[int, typer.Option(help="Iterative rounds of rollouts -> pairs -> DPO (each from the newest adapter).")] = 1,
+        rounds: Annotated[Optional[int], typer.Option(help="Rounds after SFT, each from the newest adapter (policy dpo: rollouts -> pairs -> DPO; grpo: GRPO); default: the config's `rounds`.")] = None,
         rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran (and what depends on it) instead of stopping.")] = False):
     """All five phases from one config; complete and current phases are skipped, partial ones resumed, changed ones stop the run (see --rerun-changed)."""
     from looper_math.pipeline import run_pipeline
 
-    _guard(lambda: run_pipeline(_load(config, set), rounds=rounds, overwrite=overwrite, rerun_changed=rerun_changed), again=RERUN)
+    def go():
+        cfg = _load(config, set)
+        return run_pipeline(cfg, rounds=cfg.rounds if rounds is None else rounds, overwrite=overwrite, rerun_changed=rerun_changed)
+
+    _guard(go, again=RERUN)
 
 
 @app.command("config")

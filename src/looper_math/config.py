@@ -182,6 +182,7 @@ class GRPOConfig:
     num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over).")
     max_completion_length: Count = _f(400, "Max generated tokens per completion.")
     temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
+    reward: Literal["correctness", "regime_w"] = _f("correctness", "correctness: regime_w.alpha_correct * correct (the binary reward of the published small-model runs; +3.0 pts over SFT per 40 steps on the 0.5B, bench/RESULTS.md) | regime_w: the rollouts' reward, alpha * correct + beta_coherence * s_wm - length_penalty * tokens (-4.7 pts vs SFT there: it shortens answers).")
     generation: Literal["looper", "trl"] = _f("looper", "Who samples the completions: looper (this project's engine, eval.engine, on a private copy of the base weights with the current LoRA merged in, refreshed every step; fast on CUDA) | trl (TRL's own model.generate on base + unmerged LoRA, the reference path).")
     beta: Weight = _f(0.0, "KL weight against the initial adapter; 0 = no reference model (TRL's default).")
     learning_rate: Rate = _f(1e-5, "Learning rate.")
@@ -204,6 +205,7 @@ class EvalConfig:
     base_output: str = _f("outputs/abel_base_platinum_eval.jsonl", "Per-example JSONL for the base model.")
     sft_output: str = _f("outputs/abel_sft_platinum_eval.jsonl", "Per-example JSONL for the SFT adapter.")
     dpo_output: str = _f("outputs/abel_coherence_platinum_eval.jsonl", "Per-example JSONL for the DPO adapter.")
+    grpo_output: str = _f("outputs/abel_grpo_platinum_eval.jsonl", "Per-example JSONL for the GRPO adapter.")
     max_new_tokens: Count = _f(512, "Max generated tokens per question.")
     batch_size: Count = _f(64, "Questions per generation batch.")
     limit: Count | None = _f(None, "Only the first N questions.")
@@ -217,6 +219,8 @@ class Config:
     run_dir: str = _f(".", "Root that every relative output path is resolved against.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto | cpu | cuda.")
     smoke: bool = _f(False, "Marks a smoke run (tiny model); printed loudly in outputs.")
+    policy: Literal["dpo", "grpo"] = _f("dpo", "What each round of `looper-math run` trains after SFT: dpo (Regime W rollouts -> pairs -> DPO, offline) | grpo (GRPO online, grpo.*; no rollouts or pairs phases). grpo is the measured recipe on the GPU (bench/RESULTS.md).")
+    rounds: Count = _f(1, "Rounds of the policy phase in `looper-math run` (--rounds overrides), each from the newest adapter.")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -382,17 +386,20 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ()),
     "prefs": (("prefs",), ("rollouts",)),
     "dpo": (("dpo",), ("prefs", "sft")),
+    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.engine"), ("sft",)),
+    "eval_grpo": (("model", "data", "eval"), ("grpo",)),
 }
 # where outputs go and how often progress is logged or checkpointed: not what an output holds
 NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
                           "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
                           "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
+                          "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "eval.grpo_output",
                           "rollouts.score_workers"})  # sft.rft_extra stays a setting: it changes the data
 
 
 def eval_phase(adapter: str | None) -> str:
-    """The PHASE_SETTINGS key of an evaluation of ``adapter`` (sft | dpo | none | a path)."""
-    return {"sft": "eval_sft", "dpo": "eval_dpo"}.get(str(adapter), "eval")
+    """The PHASE_SETTINGS key of an evaluation of ``adapter`` (sft | dpo | grpo | none | a path)."""
+    return {"sft": "eval_sft", "dpo": "eval_dpo", "grpo": "eval_grpo"}.get(str(adapter), "eval")
 
 
 def _phase_keys(phase: str) -> list[str]:

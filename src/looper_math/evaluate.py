@@ -33,7 +33,8 @@ EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_stric
 
 
 def default_output(cfg: Config, adapter: str | None) -> Path:
-    name = {None: cfg.eval.base_output, "none": cfg.eval.base_output, "sft": cfg.eval.sft_output, "dpo": cfg.eval.dpo_output}.get(adapter)
+    name = {None: cfg.eval.base_output, "none": cfg.eval.base_output, "sft": cfg.eval.sft_output, "dpo": cfg.eval.dpo_output,
+            "grpo": cfg.eval.grpo_output}.get(adapter)
     if name is None:
         name = f"outputs/{Path(adapter).name}_eval.jsonl"
     return cfg.path(name)

@@ -237,13 +237,15 @@ def convert_gguf(src_dir: str, gguf_file: str, dst: Path, dtype: torch.dtype = t
 
 
 def adapter_path(cfg, which: str | None) -> Path | None:
-    """'sft' / 'dpo' -> the configured output dir; 'none' / None -> base model; anything else -> a path."""
+    """'sft' / 'dpo' / 'grpo' -> the configured output dir; 'none' / None -> base model; anything else -> a path."""
     if which in (None, "none", "base"):
         return None
     if which == "sft":
         return cfg.path(cfg.sft.output_dir)
     if which == "dpo":
         return cfg.path(cfg.dpo.output_dir)
+    if which == "grpo":
+        return cfg.path(cfg.grpo.output_dir)
     return Path(which)
 
 

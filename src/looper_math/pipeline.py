@@ -1,7 +1,8 @@
 """``looper-math run``: the five phases from one config, like the original README's runbook.
 
 [rollouts from the base model, when sft.data uses rft] -> SFT -> eval (base, SFT) -> [rollouts -> pairs -> DPO
--> eval] x rounds -> compare SFT vs DPO -> report.
+-> eval] x rounds (``policy: dpo``) or [GRPO -> eval] x rounds (``policy: grpo``) -> compare SFT vs the last
+round -> report.
 Without ``--overwrite`` the run continues: complete phases are skipped (a training phase is complete
 once its ``train_summary.json`` exists, an eval or rollouts phase once its summary exists, pairs once
 the file exists) and partial ones resume. A complete phase is skipped only while it is current
@@ -10,7 +11,8 @@ resolved config written with it, its inputs are not newer than it, and its JSONL
 summary counts. Otherwise the run stops with one line naming the changed keys (or the file), before that
 phase; ``--rerun-changed`` reruns such a phase from scratch instead (and so, through the same checks,
 everything downstream of it). Round r > 1 samples from round r-1's DPO adapter and
-continues DPO from it (reference = that adapter), Iterative-RPO style; its files get a ``_r{r}`` suffix.
+continues DPO from it (reference = that adapter), Iterative-RPO style; with ``policy: grpo`` round r > 1
+continues GRPO from round r-1's adapter with seed ``grpo.seed + r - 1``. Round files get a ``_r{r}`` suffix.
 The report is rebuilt only when it is missing or older than some file of the run, so a rerun that finds
 every phase complete writes nothing.
 """
@@ -43,6 +45,10 @@ def round_config(cfg: Config, r: int) -> Config:
         prev = str(cfg.path(_suffixed(cfg.dpo.output_dir, r - 1)))
         c.rollouts.adapter = prev
         c.dpo.init_adapter = prev
+        c.grpo.output_dir = _suffixed(cfg.grpo.output_dir, r)
+        c.eval.grpo_output = _suffixed(cfg.eval.grpo_output, r)
+        c.grpo.init_adapter = str(cfg.path(_suffixed(cfg.grpo.output_dir, r - 1)))
+        c.grpo.seed = cfg.grpo.seed + r - 1  # other questions in another order
     return c
 
 
@@ -106,6 +112,7 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
     from looper_math.compare import compare, format_compare
     from looper_math.dpo import train_dpo
     from looper_math.evaluate import default_output, eval_complete, evaluate
+    from looper_math.grpo import grpo_complete, train_grpo
     from looper_math.preferences import run_prefs
     from looper_math.report import build_report
     from looper_math.rollouts import collect_rollouts, rollouts_complete
@@ -155,6 +162,13 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
     for r in range(1, rounds + 1):
         c = round_config(cfg, r)
         tag = f" (round {r})" if rounds > 1 else ""
+        if cfg.policy == "grpo":
+            grpo_out = _train_output(c, "grpo", c.path(c.grpo.output_dir), (adapter_summary,))
+            phase(f"phase 4: GRPO{tag}", grpo_complete(c), lambda c=c: train_grpo(c, resume=resume, overwrite=overwrite), grpo_out)
+            phase(f"phase 5: eval GRPO{tag}", eval_complete(c, "grpo"), lambda c=c: evaluate(c, "grpo", resume=resume, overwrite=overwrite),
+                  _jsonl_output(c, "eval_grpo", default_output(c, "grpo"), "n", (grpo_out.summary,)))
+            adapter_summary = grpo_out.summary
+            continue
         rollouts_out = _jsonl_output(c, "rollouts", c.path(c.rollouts.output), "rows", (adapter_summary,))
         prefs_path = c.path(c.prefs.output)
         prefs_out = Output(c, "prefs", prefs_path, prefs_path.with_suffix(".summary.json"),
@@ -168,7 +182,7 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
               _jsonl_output(c, "eval_dpo", default_output(c, "dpo"), "n", (dpo_out.summary,)))
         adapter_summary = dpo_out.summary
     last = round_config(cfg, rounds)
-    result = compare(default_output(cfg, "sft"), default_output(last, "dpo"))
+    result = compare(default_output(cfg, "sft"), default_output(last, cfg.policy))
     print(format_compare(result))
     if report_is_current(Path(cfg.run_dir)):
         report = Path(cfg.run_dir) / "report" / "report.html"
