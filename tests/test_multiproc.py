@@ -217,6 +217,7 @@ def test_sft_and_dpo_under_accelerate_launch_two_processes(smoke_cfg):
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["losses"] and all(math.isfinite(loss) for _, loss in summary["losses"])
         assert math.isfinite(summary["train_loss"]) and summary["processes"] == 2
+        assert len(summary["peak_memory"]["peak_rss_gib"]) == 2 and min(summary["peak_memory"]["peak_rss_gib"]) > 0, summary  # gathered from both ranks
         # two ranks really trained: each wrote its own RNG state into the checkpoints
         ckpt = out / "trainer" / f"checkpoint-{summary['steps']}"
         assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists(), sorted(os.listdir(ckpt))
