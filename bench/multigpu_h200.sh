@@ -7,7 +7,8 @@
 #      from RANK/WORLD_SIZE) + `merge`; preference pairs (`prefs`) from the one-process rollouts.
 #   3. DPO from the 1-GPU SFT adapter (TRL's frozen copy of it is the reference) on those pairs, for each
 #      NLL weight in DPO_NLL: 1 GPU (DPO_B1 pairs) vs 2 GPUs DDP (DPO_B2 x 2), the same global batch;
-#      SHA256 of the SFT adapter files before and after (the reference must not move).
+#      SHA256 of the SFT adapter files before and after (the reference must not move); and DPO under
+#      ZeRO-2 (DPO_ZERO) at the last NLL weight against the same 1-GPU run.
 #   4. bench/multigpu_report.py -> $OUT/multigpu_h200.json: every comparison with pass/fail flags.
 # Steps run in that order under one deadline (DEADLINE_S, default 570): a step that would start with
 # under 20 s left is skipped and the report marks it not run.
@@ -22,13 +23,14 @@
 # JIT-builds its shared-memory comm op with the host compiler the first time, ~2 min).
 # Env: CFG (configs/qwen05_gpu.yaml), STEPS (60), B1/B2 (16/8), SFT_LIMIT (STEPS*B1 training examples),
 # LIMIT (160 questions x k for rollouts), DPO_STEPS (10), DPO_B1/DPO_B2 (16/8), DPO_NLL ("0 1"),
-# ZERO ("2 3"; "" skips), ACCEL (DDP launch arguments), ZERO_EXTRA (added to the ZeRO launches),
+# ZERO ("2 3": SFT legs; "" skips), DPO_ZERO ("2": a 2-GPU DPO leg per stage at the last NLL weight),
+# ACCEL (DDP launch arguments), ZERO_EXTRA (added to the ZeRO launches),
 # PAIRS ("": built from the rollouts | synthetic | a JSONL file), R (runs/multigpu_h200), M (/root/m),
 # WHEELS (.whl), DS_WHEELS (.whl-ds), DEADLINE_S (570), TOL (0.01). Extra arguments go to every command.
 set -uo pipefail
 OUT="${OUT:?set OUT}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; STEPS="${STEPS:-60}"; B1="${B1:-16}"; B2="${B2:-8}"
 SFT_LIMIT="${SFT_LIMIT:-$((STEPS * B1))}"; LIMIT="${LIMIT:-160}"; DPO_STEPS="${DPO_STEPS:-10}"
-DPO_B1="${DPO_B1:-16}"; DPO_B2="${DPO_B2:-8}"; DPO_NLL="${DPO_NLL:-0 1}"; ZERO="${ZERO-2 3}"; PAIRS="${PAIRS:-}"
+DPO_B1="${DPO_B1:-16}"; DPO_B2="${DPO_B2:-8}"; DPO_NLL="${DPO_NLL:-0 1}"; ZERO="${ZERO-2 3}"; DPO_ZERO="${DPO_ZERO-2}"; PAIRS="${PAIRS:-}"
 ACCEL="${ACCEL:---config_file configs/accelerate/ddp.yaml}"; ZERO_EXTRA="${ZERO_EXTRA:-}"
 R="${R:-runs/multigpu_h200}"; M="${M:-/root/m}"; WHEELS="${WHEELS-.whl}"; DS_WHEELS="${DS_WHEELS-.whl-ds}"
 DEADLINE="${DEADLINE_S:-570}"; TOL="${TOL:-0.01}"; START=$SECONDS
@@ -40,7 +42,7 @@ if [ -n "$DS_WHEELS" ] && ls "$DS_WHEELS"/*.whl >/dev/null 2>&1; then  # DeepSpe
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"; rm -rf "$R"; mkdir -p "$R"; : > "$OUT/multigpu_h200_steps.jsonl"
-L="python3 -m looper_math.cli"; PORT=29600; ZERO_ASKED="$ZERO"
+L="python3 -m looper_math.cli"; PORT=29600; ZERO_ASKED="$ZERO"; DPO_ZERO_ASKED="$DPO_ZERO"
 launch() {  # launch ACCEL_ARGS...: LA = `accelerate launch` of the CLI on 2 processes, a fresh port each time
   PORT=$((PORT + 1)); LA=(accelerate launch "$@" --num_processes 2 --num_machines 1 --main_process_port "$PORT" -m looper_math.cli)
 }
@@ -63,11 +65,12 @@ skip() { echo "=== $1 skipped: $2"; echo "{\"step\": \"$1\", \"rc\": null, \"ski
 
 # 1. SFT: same examples per step (the distributed sampler splits each global batch of B1 = 2 x B2)
 SFT=(--set sft.data=gold --set sft.limit="$SFT_LIMIT" --set sft.max_steps="$STEPS" --set sft.logging_steps=1 --set sft.save_steps=100000 --set sft.grad_accum=1)
-step sft_gpu1 env CUDA_VISIBLE_DEVICES=0 $L sft -c "$CFG" "$@" --set run_dir="$R/gpu1" --set sft.batch_size="$B1" "${SFT[@]}" || exit 1
+step sft_gpu1 env CUDA_VISIBLE_DEVICES=0 $L sft -c "$CFG" "$@" --set run_dir="$R/gpu1" --set sft.batch_size="$B1" "${SFT[@]}"; SFT1=$?
 launch $ACCEL; step sft_ddp "${LA[@]}" sft -c "$CFG" "$@" --set run_dir="$R/ddp" --set sft.batch_size="$B2" "${SFT[@]}"
-if [ -n "$ZERO" ] && ! python3 -c "import deepspeed" >/dev/null 2>&1; then
+if [ -n "$ZERO$DPO_ZERO" ] && ! python3 -c "import deepspeed" >/dev/null 2>&1; then
   echo "=== ZeRO legs skipped: \`import deepspeed\` fails here (carry the DeepSpeed wheels: DS_WHEELS=.whl-ds)"
-  for z in $ZERO; do skip "sft_zero$z" "deepspeed not importable"; done; ZERO=""
+  for z in $ZERO; do skip "sft_zero$z" "deepspeed not importable"; done
+  for z in $DPO_ZERO; do skip "dpo_nll${DPO_NLL##* }_zero$z" "deepspeed not importable"; done; ZERO=""; DPO_ZERO=""
 fi
 for z in $ZERO; do
   launch --config_file "configs/accelerate/zero$z.yaml" $ZERO_EXTRA
@@ -75,6 +78,7 @@ for z in $ZERO; do
     --set sft.batch_size="$B2" "${SFT[@]}"
 done
 
+from_sft1() {  # parts 2 and 3 start from the 1-GPU SFT adapter; "$@": the script's extra arguments
 # 2. rollouts from the 1-GPU adapter, 1 process vs 2 shards + merge; pairs from the 1-process file
 RO=(--set run_dir="$R/gpu1" --set rollouts.limit="$LIMIT")
 step rollouts_1gpu env CUDA_VISIBLE_DEVICES=0 $L rollouts -c "$CFG" "$@" "${RO[@]}" --set rollouts.output=data/rollouts_1gpu.jsonl
@@ -111,14 +115,27 @@ if [ -s "$PAIRS_FILE" ]; then
     launch $ACCEL; step "dpo_nll${w}_gpu2" "${LA[@]}" dpo -c "$CFG" "$@" "${DPO[@]}" --set dpo.nll_weight="$w" \
       --set dpo.batch_size="$DPO_B2" --set dpo.output_dir="checkpoints/dpo_nll${w}_gpu2"
   done
+  w="${DPO_NLL##* }"  # DPO under ZeRO too (2 GPUs, the last NLL weight): the configs' comments offer it
+  for z in $DPO_ZERO; do
+    launch --config_file "configs/accelerate/zero$z.yaml" $ZERO_EXTRA
+    step "dpo_nll${w}_zero$z" "${LA[@]}" dpo -c "$CFG" "$@" "${DPO[@]}" --set dpo.nll_weight="$w" \
+      --set dpo.batch_size="$DPO_B2" --set dpo.output_dir="checkpoints/dpo_nll${w}_zero$z"
+  done
 else
   for w in $DPO_NLL; do skip "dpo_nll${w}_gpu1" "no preference pairs"; skip "dpo_nll${w}_gpu2" "no preference pairs"; done
+  for z in $DPO_ZERO; do skip "dpo_nll${DPO_NLL##* }_zero$z" "no preference pairs"; done
 fi
 sha "$R/sft_adapter.after.sha256"
+}
+if [ "$SFT1" -eq 0 ]; then from_sft1 "$@"; else
+  for s in rollouts_1gpu rollouts_2gpu merge prefs $(for w in $DPO_NLL; do echo "dpo_nll${w}_gpu1 dpo_nll${w}_gpu2"; done) \
+           $(for z in $DPO_ZERO; do echo "dpo_nll${DPO_NLL##* }_zero$z"; done); do
+    skip "$s" "no 1-GPU SFT adapter"; done
+fi
 
 # 4. the report
 python3 bench/multigpu_report.py --h200 "$R" "$OUT/multigpu_h200_steps.jsonl" --tol "$TOL" --dpo-nll "$DPO_NLL" \
-  --zero "$ZERO_ASKED" --env "$OUT/multigpu_h200_env.txt" | tee "$OUT/multigpu_h200.json"
+  --zero "$ZERO_ASKED" --dpo-zero "$DPO_ZERO_ASKED" --env "$OUT/multigpu_h200_env.txt" | tee "$OUT/multigpu_h200.json"
 # raw evidence beside the report: the train summaries (per-step losses, memory) and the pairs
 for leg in gpu1 ddp zero2 zero3; do cp "$R/$leg/checkpoints/sft_lora/train_summary.json" "$OUT/sft_$leg.summary.json" 2>/dev/null; done
 for f in "$R"/gpu1/checkpoints/dpo_*/train_summary.json; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").summary.json"; done

@@ -120,7 +120,8 @@ def h200_sft(root: Path, steps: dict, tol: float, zero: list[str]) -> dict:
     return out
 
 
-def h200_dpo(root: Path, steps: dict, tol: float, nll: list[str]) -> dict:
+def h200_dpo(root: Path, steps: dict, tol: float, nll: list[str], dpo_zero: list[str]) -> dict:
+    """Per NLL weight: 1 GPU vs 2 GPUs (DDP), and under ZeRO (2 GPUs) at the last weight; the SFT adapter's hashes."""
     d = root / "gpu1"
     out: dict = {}
     for w in nll:
@@ -141,6 +142,13 @@ def h200_dpo(root: Path, steps: dict, tol: float, nll: list[str]) -> dict:
             r["vs_gpu1"] = curve_diff(legs["gpu1"]["losses"], legs["gpu2"]["losses"], tol)
             ok = ok and r["vs_gpu1"]["within_tol"] and legs["gpu1"]["steps"] == legs["gpu2"]["steps"]
         r["pass"] = bool(ok)
+        for z in dpo_zero if w == nll[-1] else []:
+            zs, leg = read_json(d / f"checkpoints/dpo_nll{w}_zero{z}" / "train_summary.json"), f"zero{z}"
+            r["status"][leg] = step_status(steps, f"dpo_nll{w}_zero{z}")
+            if zs:
+                r["legs"][leg] = leg_figures(zs, (steps.get(f"dpo_nll{w}_zero{z}") or {}).get("wall_s"))
+            r[f"{leg}_vs_gpu1"] = curve_diff(legs["gpu1"]["losses"], zs["losses"], tol) if zs and legs["gpu1"] else None
+            r[f"{leg}_pass"] = bool(r[f"{leg}_vs_gpu1"] and r[f"{leg}_vs_gpu1"]["within_tol"] and zs["steps"] == legs["gpu1"]["steps"])
         out[f"nll{w}"] = r
     before, after = (root / f"sft_adapter.{x}.sha256" for x in ("before", "after"))
     hashes = {x: dict(reversed(line.split()) for line in f.read_text().splitlines()) if f.exists() else None
@@ -180,9 +188,11 @@ def h200_main(args) -> None:
         out["rollouts"] = {"status": {s: step_status(steps, s) for s in ("rollouts_1gpu", "rollouts_2gpu", "merge")}, "pass": False}
     out["prefs"] = {"status": step_status(steps, "prefs"), "pairs": sum(1 for _ in open(root / "gpu1/data/preferences.jsonl"))
                     if (root / "gpu1/data/preferences.jsonl").exists() else 0}
-    out["dpo"] = h200_dpo(root, steps, args.tol, nll)
+    out["dpo"] = h200_dpo(root, steps, args.tol, nll, args.dpo_zero.split())
     flags = {**{f"sft_{n}": v for n, v in out["sft"]["pass"].items()}, "rollouts_same_keys": out["rollouts"]["pass"],
              **{f"dpo_{k}": v["pass"] for k, v in out["dpo"].items() if k.startswith("nll")},
+             **{f"dpo_{k}_{z}": v[f"{z}_pass"] for k, v in out["dpo"].items() if k.startswith("nll")
+                for z in (f"zero{s}" for s in args.dpo_zero.split()) if f"{z}_pass" in v},
              "dpo_reference_unchanged": out["dpo"]["reference_adapter"]["pass"]}
     out["pass"] = {**flags, "all": all(flags.values())}
     out["not_run"] = sorted(k for k, r in steps.items() if r.get("skipped") or r.get("rc") not in (0, None))
@@ -197,7 +207,8 @@ def main() -> None:
         ap.add_argument("steps")
         ap.add_argument("--tol", type=float, default=0.01, help="largest per-step loss difference that passes")
         ap.add_argument("--dpo-nll", default="0 1", help="the NLL weights the DPO legs ran with")
-        ap.add_argument("--zero", default="2 3", help="the ZeRO stages asked for")
+        ap.add_argument("--zero", default="2 3", help="the ZeRO stages asked for (SFT)")
+        ap.add_argument("--dpo-zero", default="2", help="the ZeRO stages asked for (DPO, at the last NLL weight)")
         ap.add_argument("--env", default=None, help="the script's environment lines (commit, cards, versions)")
         return h200_main(ap.parse_args())
     root, steps_file = Path(sys.argv[1]), Path(sys.argv[2])

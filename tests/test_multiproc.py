@@ -288,7 +288,7 @@ def test_multigpu_h200_report_flags(tmp_path):
     _write_summary(root / "gpu1/checkpoints/sft_lora", curve, peak_memory={"peak_allocated_gib": [3.0]})
     _write_summary(root / "ddp/checkpoints/sft_lora", [[s, v + 0.002] for s, v in curve])
     _write_summary(root / "zero2/checkpoints/sft_lora", [[s, v + (0.05 if s == 4 else 0)] for s, v in curve])
-    for g, first in (("gpu1", ln2), ("gpu2", ln2 + 1e-4)):
+    for g, first in (("gpu1", ln2), ("gpu2", ln2 + 1e-4), ("zero2", ln2)):
         d = root / f"gpu1/checkpoints/dpo_nll0_{g}"
         _write_summary(d, [[1, first], [2, 0.68]])
         (d / "adapter_model.safetensors").write_bytes(b"dpo" + g.encode())
@@ -298,7 +298,8 @@ def test_multigpu_h200_report_flags(tmp_path):
     steps.write_text("".join(json.dumps(r) + "\n" for r in [
         {"step": "sft_gpu1", "rc": 0, "wall_s": 10}, {"step": "sft_ddp", "rc": 0, "wall_s": 12}, {"step": "sft_zero2", "rc": 0, "wall_s": 13},
         {"step": "sft_zero3", "rc": None, "skipped": "deepspeed not importable"},
-        {"step": "dpo_nll0_gpu1", "rc": 0, "wall_s": 5}, {"step": "dpo_nll0_gpu2", "rc": 0, "wall_s": 6}]))
+        {"step": "dpo_nll0_gpu1", "rc": 0, "wall_s": 5}, {"step": "dpo_nll0_gpu2", "rc": 0, "wall_s": 6},
+        {"step": "dpo_nll0_zero2", "rc": 0, "wall_s": 7}]))
     p = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "multigpu_report.py"), "--h200", str(root), str(steps),
                         "--dpo-nll", "0"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -309,6 +310,7 @@ def test_multigpu_h200_report_flags(tmp_path):
     assert out["sft"]["legs"]["gpu1"]["peak_memory"] == {"peak_allocated_gib": [3.0]}
     assert out["pass"]["sft_gpu1"] and out["pass"]["sft_ddp"] and not out["pass"]["sft_zero2"] and not out["pass"]["sft_zero3"]
     assert out["dpo"]["nll0"]["pass"] and out["dpo"]["nll0"]["first_loss_minus_ln2"]["gpu1"] == 0
+    assert out["pass"]["dpo_nll0_zero2"] and out["dpo"]["nll0"]["zero2_vs_gpu1"]["max_abs"] == 0
     assert out["dpo"]["reference_adapter"]["pass"] and out["pass"]["dpo_reference_unchanged"]
     assert not out["pass"]["rollouts_same_keys"] and not out["pass"]["all"]
     assert out["not_run"] == ["sft_zero3"]
