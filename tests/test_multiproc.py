@@ -217,6 +217,7 @@ def test_sft_and_dpo_under_accelerate_launch_two_processes(smoke_cfg):
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["losses"] and all(math.isfinite(loss) for _, loss in summary["losses"])
         assert math.isfinite(summary["train_loss"]) and summary["processes"] == 2
+        assert len(summary["peak_memory"]["peak_rss_gib"]) == 2 and min(summary["peak_memory"]["peak_rss_gib"]) > 0, summary  # gathered from both ranks
         # two ranks really trained: each wrote its own RNG state into the checkpoints
         ckpt = out / "trainer" / f"checkpoint-{summary['steps']}"
         assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists(), sorted(os.listdir(ckpt))
@@ -240,3 +241,76 @@ def test_every_rank_asking_for_the_tiny_model_at_once_gets_one_model(tmp_path, t
 
     got, want = load_file(target / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
     assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3"])
+def test_accelerate_configs_load_and_need_no_compiled_deepspeed_op(name):
+    """The shipped `accelerate launch` configs parse with accelerate's own loader; the DeepSpeed ones build
+    a DeepSpeedPlugin (no deepspeed needed for that) whose config has no optimizer or scheduler (the
+    Trainer's torch AdamW runs: no fused/CPU Adam op to compile) and no offload; ZeRO-3 gathers the
+    16-bit weights on save (the adapter is written whole). They ran on CPU with DeepSpeed's CPU
+    accelerator; on GPUs by bench/multigpu_h200.sh."""
+    import dataclasses
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    cfg = load_config_from_file(str(REPO_ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.mixed_precision == "bf16" and cfg.num_machines == 1 and not cfg.use_cpu
+    if name == "ddp":
+        assert cfg.distributed_type == DistributedType.MULTI_GPU and not cfg.deepspeed_config
+        return
+    assert cfg.distributed_type == DistributedType.DEEPSPEED
+    ds = dict(cfg.deepspeed_config)
+    assert ds.pop("deepspeed_multinode_launcher") == "standard"  # a launcher setting, not the plugin's
+    assert set(ds) <= {f.name for f in dataclasses.fields(DeepSpeedPlugin)}, ds
+    assert ds["zero_stage"] == int(name[-1]) and ds["offload_optimizer_device"] == ds["offload_param_device"] == "none"
+    built = DeepSpeedPlugin(**ds).deepspeed_config
+    assert "optimizer" not in built and "scheduler" not in built, built
+    assert built["zero_optimization"]["stage"] == int(name[-1])
+    if name == "zero3":
+        assert built["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def _write_summary(path: Path, losses: list, **extra) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train_summary.json").write_text(json.dumps({"steps": len(losses), "processes": 1, "losses": losses, **extra}))
+
+
+def test_multigpu_h200_report_flags(tmp_path):
+    """bench/multigpu_report.py --h200 on a made-up run: a ZeRO leg off by more than the tolerance fails,
+    a skipped leg fails, the DPO first loss is checked against ln 2, the reference adapter's hashes."""
+    root, ln2 = tmp_path / "r", math.log(2)
+    curve = [[s, 1.0 - 0.01 * s] for s in range(1, 7)]
+    _write_summary(root / "gpu1/checkpoints/sft_lora", curve, peak_memory={"peak_allocated_gib": [3.0]})
+    _write_summary(root / "ddp/checkpoints/sft_lora", [[s, v + 0.002] for s, v in curve])
+    _write_summary(root / "zero2/checkpoints/sft_lora", [[s, v + (0.05 if s == 4 else 0)] for s, v in curve])
+    for g, first in (("gpu1", ln2), ("gpu2", ln2 + 1e-4), ("zero2", ln2)):
+        d = root / f"gpu1/checkpoints/dpo_nll0_{g}"
+        _write_summary(d, [[1, first], [2, 0.68]])
+        (d / "adapter_model.safetensors").write_bytes(b"dpo" + g.encode())
+    for x in ("before", "after"):
+        (root / f"sft_adapter.{x}.sha256").write_text("aa  adapter_model.safetensors\nbb  adapter_config.json\n")
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": "sft_gpu1", "rc": 0, "wall_s": 10}, {"step": "sft_ddp", "rc": 0, "wall_s": 12}, {"step": "sft_zero2", "rc": 0, "wall_s": 13},
+        {"step": "sft_zero3", "rc": None, "skipped": "deepspeed not importable"},
+        {"step": "dpo_nll0_gpu1", "rc": 0, "wall_s": 5}, {"step": "dpo_nll0_gpu2", "rc": 0, "wall_s": 6},
+        {"step": "dpo_nll0_zero2", "rc": 0, "wall_s": 7}]))
+    p = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "multigpu_report.py"), "--h200", str(root), str(steps),
+                        "--dpo-nll", "0"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["sft"]["vs_gpu1"]["ddp"]["within_tol"] and out["sft"]["vs_gpu1"]["ddp"]["max_abs"] == pytest.approx(0.002)
+    assert not out["sft"]["vs_gpu1"]["zero2"]["within_tol"] and out["sft"]["vs_gpu1"]["zero2"]["max_abs_at_step"] == 4
+    assert out["sft"]["status"]["zero3"] == "skipped: deepspeed not importable"
+    assert out["sft"]["legs"]["gpu1"]["peak_memory"] == {"peak_allocated_gib": [3.0]}
+    assert out["pass"]["sft_gpu1"] and out["pass"]["sft_ddp"] and not out["pass"]["sft_zero2"] and not out["pass"]["sft_zero3"]
+    assert out["dpo"]["nll0"]["pass"] and out["dpo"]["nll0"]["first_loss_minus_ln2"]["gpu1"] == 0
+    assert out["pass"]["dpo_nll0_zero2"] and out["dpo"]["nll0"]["zero2_vs_gpu1"]["max_abs"] == 0
+    assert out["dpo"]["reference_adapter"]["pass"] and out["pass"]["dpo_reference_unchanged"]
+    assert not out["pass"]["rollouts_same_keys"] and not out["pass"]["all"]
+    assert out["not_run"] == ["sft_zero3"]

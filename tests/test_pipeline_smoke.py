@@ -107,6 +107,7 @@ def test_pipeline_runs_every_phase(run):
         assert all(math.isfinite(v) for _, v in summary["losses"]), summary["losses"]
         assert yaml.safe_load((cfg.path(d) / "resolved_config.yaml").read_text()) == to_dict(cfg)
         assert summary["processes"] == 1, summary
+        assert len(summary["peak_memory"]["peak_rss_gib"]) == 1 and summary["peak_memory"]["peak_rss_gib"][0] > 0, summary
     # steady rate: the steps after the first 20 % (24 SFT steps -> 4 skipped; DPO's 2 steps are too few)
     sft_summary = json.loads((cfg.path(cfg.sft.output_dir) / "train_summary.json").read_text())
     assert sft_summary["steady_steps"] == 24 - 4 and sft_summary["steady_tokens_per_s"] > 0, sft_summary

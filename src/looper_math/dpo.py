@@ -22,7 +22,7 @@ from looper_math.config import Config, fingerprint
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
-                                      launched_state, loss_line, losses, prepare_output, save_final, resume_and_train)
+                                      launched_state, loss_line, losses, peak_memory, prepare_output, save_final, resume_and_train)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -129,7 +129,7 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         "train_loss": train_loss, "losses": losses(hist), "seconds": round(seconds, 2),
         "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / seconds, 2) if d.max_steps < 0 else
         round(trainer.state.global_step * pairs_per_step / seconds, 2),
-        "processes": trainer.args.world_size, **steady,
+        "processes": trainer.args.world_size, **steady, "peak_memory": peak_memory(trainer),
         "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
         "settings_fingerprint": fingerprint(cfg, "dpo"),
     }

@@ -28,7 +28,7 @@ from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
 from looper_math.runio import DataError, check_output, read_jsonl
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
-                                      launched_state, loss_line, losses, peft_lora_config, prepare_output, save_final, resume_and_train)
+                                      launched_state, loss_line, losses, peak_memory, peft_lora_config, prepare_output, save_final, resume_and_train)
 
 
 def rft_rollouts_config(cfg: Config) -> Config | None:
@@ -158,7 +158,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
         "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
-        "processes": trainer.args.world_size, **meter.steady(), "settings_fingerprint": fingerprint(cfg, "sft"),
+        "processes": trainer.args.world_size, **meter.steady(), "peak_memory": peak_memory(trainer), "settings_fingerprint": fingerprint(cfg, "sft"),
     }
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):

@@ -77,6 +77,25 @@ class Throughput(TrainerCallback):
         return out
 
 
+def peak_memory(trainer) -> dict:
+    """Peak memory of every process of the run, in GiB, rank order (one entry in one process): on CUDA
+    ``max_memory_allocated`` / ``max_memory_reserved`` of this process's GPU since it started (model load
+    and training), on CPU the peak resident set size. A collective under ``accelerate launch``: every rank
+    calls it (the train functions build their summary on every rank)."""
+    import resource
+
+    if torch.cuda.is_available():
+        mine = [torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30]
+        keys = ("peak_allocated_gib", "peak_reserved_gib")
+    else:  # ru_maxrss is in KiB on Linux
+        mine, keys = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], ("peak_rss_gib",)
+    every = [mine]
+    if trainer.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, mine)
+    return {k: [round(m[i], 3) for m in every] for i, k in enumerate(keys)}
+
+
 def drop_too_long(items: list, length, max_length: int) -> tuple[list, int]:
     """(the items whose ``length(item)`` fits ``max_length``, how many were dropped). SFT and DPO drop
     and count over-long examples rather than truncate them (a cut would lose the answer and the EOS)."""
