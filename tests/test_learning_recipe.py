@@ -338,3 +338,12 @@ def test_run_with_policy_grpo_trains_rounds_of_grpo_and_skips_them_when_current(
     capsys.readouterr()
     again = run_pipeline(cfg, rounds=2)
     assert again["phases_run"] == []
+
+
+def test_grpo_looper_sampling_refuses_zero3_with_a_way_out(smoke_cfg, monkeypatch):
+    from looper_math.grpo import train_grpo
+    from looper_math.runio import DataError
+
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(DataError, match="grpo.generation=trl"):
+        train_grpo(smoke_cfg())

@@ -151,6 +151,9 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
     if (g.batch_size * g.grad_accum) % g.num_generations:
         raise DataError(f"grpo: batch_size x grad_accum ({g.batch_size} x {g.grad_accum}) must be a multiple of "
                         f"grpo.num_generations ({g.num_generations}): each step scores whole groups")
+    if g.generation == "looper" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise DataError("grpo.generation=looper copies the policy's weights into a private model each step, which "
+                        "ZeRO-3's sharded weights do not allow: use --set grpo.generation=trl, or ZeRO-2 / DDP")
     device = resolve_device(cfg)
     dist = launched_state(device)
     tokenizer = load_tokenizer(cfg)
