@@ -25,9 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the file or key."""
+from looper_math.errors import ConfigError  # re-exported (its home is errors.py)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -209,6 +207,7 @@ class EvalConfig:
     engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
     answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
+    protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples and rewards follow it too.")
 
 
 @dataclass
@@ -376,9 +375,9 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
     "eval_sft": (("model", "data", "eval"), ("sft",)),
     "eval_dpo": (("model", "data", "eval"), ("dpo",)),
-    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ("sft",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ("sft",)),
     # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
-    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ()),
+    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ()),
     "prefs": (("prefs",), ("rollouts",)),
     "dpo": (("dpo",), ("prefs", "sft")),
 }
@@ -437,4 +436,7 @@ def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tupl
     if not isinstance(old_tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)
+    # a key the old config does not have (added to the code since) had its default then
+    default = phase_settings(Config(), phase)
+    old = {**{k: v for k, v in default.items() if k not in old}, **old}
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from looper_math.config import Config
 from looper_math.data import load_split
-from looper_math.evaluate import score_row
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.prompts import trl_prompt
-from looper_math.regime_w.arms import stable_seed
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
 from looper_math.runio import DataError, check_output
+from looper_math.seeds import stable_seed
+from looper_math.task import GSM8K
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main,
                                        launched_state, loss_line, prepare_output, save_final, resume_and_train)
 
@@ -45,6 +45,7 @@ def regime_w_reward(cfg: Config):
     """The reward function GRPOTrainer calls on a batch: one float per completion, Regime W scored per group."""
     w = cfg.regime_w
     weights = (w.w_end, w.w_path, w.w_cf)
+    task = GSM8K.from_config(cfg)
 
     def reward(prompts, completions, completion_ids, question, answer, gold, question_id, **_):
         texts = [completion_text(c) for c in completions]
@@ -55,9 +56,10 @@ def regime_w_reward(cfg: Config):
         for qid, idx in groups.items():
             reference = answer[idx[0]] if w.cf_source == "reference" else None
             scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
-                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode)
+                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode,
+                                 answers=[task.extract(texts[i]) for i in idx])
             for i, s in zip(idx, scores):
-                correct = score_row(texts[i], gold[i], cfg.eval.answer_mode)["correct"]
+                correct = task.is_correct(s["answer"], gold[i])
                 out[i] = compute_reward(correct, s["s_wm"], len(completion_ids[i]), w.alpha_correct, w.beta_coherence,
                                         w.length_penalty)
         return out

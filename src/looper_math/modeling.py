@@ -17,14 +17,12 @@ from pathlib import Path
 
 import torch
 
+from looper_math.errors import ModelError  # re-exported (its home is errors.py)
+
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-
-
-class ModelError(RuntimeError):
-    """Model, tokenizer or adapter cannot be loaded; the message names the path."""
 
 
 def resolve_device(cfg) -> str:

@@ -23,17 +23,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from looper_math.layout import resolved_of as _resolved_of
+from looper_math.layout import summary_of as _summary_of
+from looper_math.errors import UsageError
 from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, merge_shards, read_jsonl, shard_path
 
 KINDS = ("rollouts", "eval")
-
-
-def _summary_of(path: Path) -> Path:
-    return path.with_name(path.stem + ".summary.json")
-
-
-def _resolved_of(path: Path) -> Path:
-    return path.with_name(path.stem + ".resolved_config.yaml")
 
 
 def _check_shards(kind: str, output: Path, n: int) -> tuple[list[dict], str, list[dict]]:
@@ -82,9 +77,9 @@ def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> 
     from looper_math.config import ConfigError, load_config
 
     if kind not in KINDS:
-        raise ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+        raise UsageError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     if n < 1:
-        raise ValueError(f"--shards {n}: need at least 1 shard")
+        raise UsageError(f"--shards {n}: need at least 1 shard")
     output = Path(output)
     check_output(output, resume=False, overwrite=overwrite, resumable=False)  # refuse before reading anything
     rows, resolved, summaries = _check_shards(kind, output, n)
