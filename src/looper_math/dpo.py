@@ -107,8 +107,9 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         gradient_accumulation_steps=d.grad_accum, max_length=d.max_length, max_grad_norm=d.max_grad_norm,
         gradient_checkpointing=d.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
-        seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
+        seed=d.seed, data_seed=d.seed, report_to=d.report_to, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every trainable LoRA weight gets a gradient
+        **d.trainer_args,  # the rest of TRL's DPOConfig, as the config gives it (keys checked at load)
     )
     meter = Throughput()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])

@@ -130,10 +130,11 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         gradient_checkpointing=s.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, fp16=False, logging_steps=s.logging_steps, save_steps=s.save_steps,
         save_total_limit=s.save_total_limit, save_only_model=False, seed=s.seed, data_seed=s.seed,
-        report_to="none", completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
+        report_to=s.report_to, completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
         dataset_num_proc=None, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every LoRA weight gets a gradient
+        **s.trainer_args,  # the rest of TRL's SFTConfig, as the config gives it (keys checked at load)
     )
     meter = Throughput()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
