@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from looper_math.cli import app
 from looper_math.config import load_config
-from looper_math.layout import RunLayout, resolved_of, round_config, summary_of
 from looper_math.pipeline import report_is_current
 from looper_math.report import build_report
 from test_compare_report import make_run_dir
+
+# layout.py is imported inside the tests, so the bare-run-dir parts run (and fail) on the code before it too
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,8 @@ def abel(run_dir: Path, *extra: str):
 
 
 def test_names_of_every_output():
+    from looper_math.layout import RunLayout, resolved_of, round_config, summary_of
+
     cfg = load_config(REPO / "configs" / "demo.yaml", ["run_dir=/r"])
     lay = RunLayout(cfg, rounds=2)
     assert lay.rollouts().summary == Path("/r/data/rollouts.summary.json")
@@ -55,6 +58,8 @@ def test_report_of_a_real_run_is_not_stamped_smoke_by_the_demo_run_inside_it(tmp
     (demo / "checkpoints" / "sft_lora").mkdir(parents=True)
     (demo / "checkpoints" / "sft_lora" / "resolved_config.yaml").write_text("smoke: true\n")
     assert "SMOKE RUN" not in build_report(tmp_path).read_text()  # a bare run dir
+    from looper_math.layout import RunLayout
+
     assert "SMOKE RUN" not in build_report(RunLayout(abel(tmp_path))).read_text()  # with its config
 
 
@@ -64,9 +69,12 @@ def test_report_shows_no_shard_summary_as_a_phase(tmp_path):
     for i in range(2):  # the shards of the SFT evaluation, merged into abel_sft_platinum_eval already
         (out / f"abel_sft_platinum_eval.shard-{i}-of-2.summary.json").write_text(json.dumps(
             {"accuracy_strict": 0.1, "accuracy_flexible": 0.1, "ci95_strict": [0.0, 0.2], "n": 50, "checkpoint": "sft"}))
-    for page in (build_report(tmp_path).read_text(), build_report(RunLayout(abel(tmp_path))).read_text()):
-        assert "shard-" not in page
-        assert page.count('<div class="card">') == 3  # base, sft, dpo
+    page = build_report(tmp_path).read_text()
+    assert "shard-" not in page and page.count('<div class="card">') == 3  # base, sft, dpo
+    from looper_math.layout import RunLayout
+
+    page = build_report(RunLayout(abel(tmp_path))).read_text()
+    assert "shard-" not in page and page.count('<div class="card">') == 3
 
 
 def test_report_finds_outputs_renamed_with_set(tmp_path):
@@ -86,14 +94,35 @@ def test_report_finds_outputs_renamed_with_set(tmp_path):
 def test_report_is_current_looks_only_at_the_files_the_report_reads(tmp_path):
     make_run_dir(tmp_path)
     cfg = abel(tmp_path)
-    build_report(RunLayout(cfg))
+    build_report(tmp_path)
     later = time.time() + 5
     for unrelated in (tmp_path / ".git" / "index", tmp_path / "runs" / "demo" / "data" / "rollouts.jsonl",
                       tmp_path / "checkpoints" / "abel_sft_lora" / "trainer" / "checkpoint-8" / "optimizer.pt"):
         unrelated.parent.mkdir(parents=True, exist_ok=True)
         unrelated.write_text("x")
         os.utime(unrelated, (later, later))
-    assert RunLayout(cfg).report_is_current() and report_is_current(tmp_path)
+    assert report_is_current(tmp_path)
+    from looper_math.layout import RunLayout
+
+    assert RunLayout(cfg).report_is_current()
     read = tmp_path / "outputs" / "abel_sft_platinum_eval.summary.json"
     os.utime(read, (later, later))
     assert not RunLayout(cfg).report_is_current() and not report_is_current(tmp_path)
+
+
+def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
+    from looper_math.layout import RunLayout
+    from looper_math.pipeline import phases
+
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}"])
+    lay = RunLayout(cfg, rounds=2)
+    ps = phases(cfg, lay, resume=True, overwrite=False)
+    assert [p.name for p in ps] == [
+        "phase 2: rollouts from the base model (RFT data for SFT)", "phase 1: SFT", "phase 5: eval base model",
+        "phase 5: eval SFT", "phase 2: rollouts (round 1)", "phase 3: pairs (round 1)", "phase 4: DPO (round 1)",
+        "phase 5: eval DPO (round 1)", "phase 2: rollouts (round 2)", "phase 3: pairs (round 2)", "phase 4: DPO (round 2)",
+        "phase 5: eval DPO (round 2)"]
+    assert ps[-1].output.path == tmp_path / "outputs" / "dpo_dev_eval_r2.jsonl" and not any(p.is_complete for p in ps)
+    ps[1].output.path.mkdir(parents=True)
+    ps[1].output.summary.write_text("{}")
+    assert ps[1].is_complete  # SFT: its train_summary.json exists

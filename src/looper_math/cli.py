@@ -90,15 +90,16 @@ def _guard(fn, *args, again: str = "rerun with --resume once fixed", **kwargs):
 @app.command()
 def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
     """Phase 1: LoRA SFT on the training split -> sft.output_dir (sft.data rft: rolls out the base model first)."""
-    from looper_math.rollouts import collect_rollouts, rollouts_complete
-    from looper_math.sft import rft_rollouts_config, train_sft
+    from looper_math.layout import RunLayout
+    from looper_math.rollouts import collect_rollouts
+    from looper_math.sft import train_sft
 
     def go():
         cfg = _load(config, set)
-        c0 = rft_rollouts_config(cfg)
-        if c0 is not None and not rollouts_complete(c0):  # the original phase-1 command keeps working on its own
-            print(f"sft: sft.data={cfg.sft.data} needs the base model's rollouts; collecting {c0.path(c0.rollouts.output)} first")
-            collect_rollouts(c0, resume=True)
+        base = RunLayout(cfg).rollouts_base()
+        if base is not None and not base.complete:  # the original phase-1 command keeps working on its own
+            print(f"sft: sft.data={cfg.sft.data} needs the base model's rollouts; collecting {base.path} first")
+            collect_rollouts(base.cfg, resume=True)
         return train_sft(cfg, resume=resume, overwrite=overwrite)
 
     _guard(go)

@@ -24,7 +24,7 @@ from looper_math.config import Config, eval_phase, fingerprint, save_resolved
 from looper_math.generation import GenRequest, generate
 from looper_math.layout import RunLayout, resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
-from looper_math.schemas import EvalRow, fields
+from looper_math.schemas import EVAL_KEY, EvalRow, fields
 from looper_math.stats import wilson_ci
 from looper_math.task import GSM8K
 from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
@@ -83,7 +83,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
     run_tokens, t0 = 0, time.time()
-    with JsonlAppender(out, ("question_id",), mode) as sink:
+    with JsonlAppender(out, EVAL_KEY, mode) as sink:
         if mode == "resume":  # rows of another checkpoint must not be mixed into this file
             for i, row in enumerate(read_jsonl(out), 1):
                 if row.get("checkpoint") != checkpoint:
@@ -120,7 +120,3 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
         print(f"eval: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind eval --shards {sh[1]} "
               f"{Path(output) if output else default_output(cfg, adapter)}")
     return summary
-
-
-def eval_complete(cfg: Config, adapter: str | None) -> bool:
-    return RunLayout(cfg).eval(adapter).complete

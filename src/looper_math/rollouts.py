@@ -34,17 +34,17 @@ from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
 from looper_math.generation import GenRequest, generate
-from looper_math.layout import RunLayout, resolved_of, summary_of
+from looper_math.layout import resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
 from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard,
                                shard_path, take_shard)
-from looper_math.schemas import RolloutRow
+from looper_math.schemas import ROLLOUT_KEY, RolloutRow
 from looper_math.seeds import stable_seed
 from looper_math.stats import auroc
 from looper_math.task import GSM8K
 
-KEY = ("question_id", "sample_idx")
+KEY = ROLLOUT_KEY
 EVAL_ARM = "eval_prompt"  # the arm name of samples drawn under the plain evaluation prompt
 
 
@@ -221,8 +221,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                 # each text's answer is extracted once, by the task, and grades `correct` and s_end alike
                 score_args = {qid: ((p.question, [group[i] for i in order], p.answer if w.cf_source == "reference" else None,
                                      weights, w.cf_perturbations),
-                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answer_mode": cfg.eval.answer_mode,
-                                     "answers": [task.extract(group[i]) for i in order]})
+                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answers": [task.extract(group[i]) for i in order]})
                               for qid, (p, group, order) in groups.items()}
                 if pool is not None and len(score_args) > 1:
                     futures = {qid: pool.submit(score_group, *a, **kw) for qid, (a, kw) in score_args.items()}
@@ -268,7 +267,3 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     if sh is not None:
         print(f"rollouts: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind rollouts --shards {sh[1]} {cfg.path(r.output)}")
     return summary
-
-
-def rollouts_complete(cfg: Config) -> bool:
-    return RunLayout(cfg).rollouts().complete

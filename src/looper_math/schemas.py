@@ -49,6 +49,9 @@ class RolloutRow(TypedDict):
     adapter: str | None
 
 
+ROLLOUT_KEY = ("question_id", "sample_idx")  # a rollouts row's key (append-only JSONL, exactly once)
+
+
 class PairRow(TypedDict):
     prompt: str
     chosen: str
@@ -80,6 +83,9 @@ class EvalRow(TypedDict):
     num_tokens: int
     finished: bool
     checkpoint: str
+
+
+EVAL_KEY = ("question_id",)  # an eval row's key
 
 
 def fields(schema: type) -> tuple[str, ...]:
