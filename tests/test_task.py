@@ -129,3 +129,17 @@ def test_regime_w_is_self_contained():
         ours = {m for m in _imported_modules(f) if m.startswith("looper_math.") and not m.startswith("looper_math.regime_w")}
         ours = {m for m in ours if not any(m == a or m.startswith(a + ".") for a in allowed)}
         assert not ours, f"{f.name} imports {sorted(ours)}"
+
+
+def test_eval_under_the_platinum_protocol_grades_with_its_parser(smoke_cfg):
+    from looper_math.evaluate import evaluate
+    from looper_math.layout import RunLayout
+    from looper_math.schemas import EvalRow, read_rows
+
+    cfg = smoke_cfg("eval.protocol=platinum", "eval.limit=4", "eval.max_new_tokens=24")
+    summary = evaluate(cfg, "none")
+    assert summary["protocol"] == "platinum" and summary["n"] == 4
+    rows = list(read_rows(RunLayout(cfg).eval("none").path, EvalRow))
+    for r in rows:
+        assert r["extracted"] == platinum_parse(r["prediction"])
+        assert r["correct"] == platinum_correct(r["extracted"], r["gold"])

@@ -24,10 +24,10 @@ from looper_math.config import Config, eval_phase, fingerprint, save_resolved
 from looper_math.generation import GenRequest, generate
 from looper_math.layout import RunLayout, resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
+from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
 from looper_math.schemas import EVAL_KEY, EvalRow, fields
 from looper_math.stats import wilson_ci
 from looper_math.task import GSM8K
-from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
 
 EVAL_FIELDS = fields(EvalRow)  # the row format (schemas.EvalRow)
 

@@ -150,7 +150,8 @@ def _eval_section(layout: RunLayout, out_dir: Path) -> tuple[str, str, list[str]
         ckpt = str(s["checkpoint"])
         # Short labels keep the chart's ticks apart; the table keeps the summary file name.
         label = "base" if ckpt.startswith("base:") else Path(ckpt).name
-        mode = s.get("answer_mode", "strict")  # the headline figure is the one `correct` used
+        # the headline figure is the one `correct` used: the platinum harness's, or answer_mode's extraction
+        mode = "platinum" if s.get("protocol") == "platinum" else s.get("answer_mode", "strict")
         evals.append({**s, "file": f.name, "jsonl": o.path, "label": label, "mode": mode,
                       "headline": s.get("accuracy", s["accuracy_strict"]), "headline_ci": s.get("ci95", s["ci95_strict"])})
     evals.sort(key=lambda e: _phase_rank(e["label"] + " " + e["file"]))

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from looper_math.errors import ConfigError
 from looper_math.answers import answers_equal, extract_answer, extract_answers
+from looper_math.errors import ConfigError
 from looper_math.prompts import STOP_STRINGS, build_prompt, check_format
 
 PROTOCOLS = ("default", "platinum")
