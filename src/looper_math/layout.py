@@ -163,7 +163,7 @@ class RunLayout:
         name = {None: c.eval.base_output, "none": c.eval.base_output, "sft": c.eval.sft_output, "dpo": c.eval.dpo_output}.get(adapter)
         if name is None:
             name = f"outputs/{Path(adapter).name}_eval.jsonl"
-        inputs = {"sft": (self.sft().summary,), "dpo": (self.dpo(r).summary,) if adapter == "dpo" else ()}.get(adapter, ())
+        inputs = (self.sft().summary,) if adapter == "sft" else (self.dpo(r).summary,) if adapter == "dpo" else ()
         label = {None: "base", "none": "base", "sft": "sft", "dpo": "dpo" + _tag(r)}.get(adapter, Path(adapter or "").name)
         return Output(c, eval_phase(adapter), c.path(name), "n", inputs, label)
 
