@@ -54,12 +54,12 @@ def regime_w_reward(cfg: Config):
             groups[qid].append(i)
         out = [0.0] * len(texts)
         for qid, idx in groups.items():
+            answers = [task.extract(texts[i]) for i in idx]  # once per completion: grades `correct` and s_end
             reference = answer[idx[0]] if w.cf_source == "reference" else None
             scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
-                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode,
-                                 answers=[task.extract(texts[i]) for i in idx])
-            for i, s in zip(idx, scores):
-                correct = task.is_correct(s["answer"], gold[i])
+                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answers=answers)
+            for i, a, s in zip(idx, answers, scores):
+                correct = task.is_correct(a, gold[i])
                 out[i] = compute_reward(correct, s["s_wm"], len(completion_ids[i]), w.alpha_correct, w.beta_coherence,
                                         w.length_penalty)
         return out
