@@ -36,6 +36,7 @@ from fractions import Fraction
 __all__ = [
     "normalize_number",
     "extract_answer",
+    "extract_answers",
     "cut_at_new_question",
     "answers_equal",
     "gold_answer",
@@ -267,11 +268,26 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
     v = _strict(t)
     if v is not None or mode == "strict":
         return v
+    return _fallback(t)
+
+
+def _fallback(t: str) -> str | None:
+    """Flexible mode after the ``####`` line failed: "answer is", then ``\\boxed{}``, then the last number."""
     for f in (_answer_is, _boxed, _last_number):
         v = f(t)
         if v is not None:
             return v
     return None
+
+
+def extract_answers(text: str) -> tuple[str | None, str | None]:
+    """(strict, flexible) extractions of one completion, reading the ``####`` lines once:
+    ``extract_answers(t) == (extract_answer(t, "strict"), extract_answer(t, "flexible"))``."""
+    if not text:
+        return None, None
+    t = _clean(cut_at_new_question(text))
+    strict = _strict(t)
+    return (strict, strict) if strict is not None else (None, _fallback(t))
 
 
 def _to_float(s: str) -> float | None:

@@ -3,12 +3,16 @@
 ``looper-math sft|rollouts|prefs|dpo|eval|merge|compare|report|run|config [--config FILE] [--set key=value ...]``.
 Without ``--config`` every command uses the embedded default (``configs/demo.yaml``: tiny model,
 built-in problems, CPU). The original project's ``python -m src....`` commands call :func:`alias`, which
-defaults to ``configs/abel7b.yaml``. Errors the user can fix print one line and exit with status 2.
+defaults to ``configs/abel7b.yaml``. Errors the user can fix (``errors.LooperError``: bad input, config,
+argument, model, an existing output) and a full disk or a missing permission print one line and exit with
+status 2; anything else is a bug and keeps its traceback. ``looper-math --debug COMMAND`` (or
+``LOOPER_DEBUG=1``) shows the traceback of a user error too.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -34,18 +38,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _env_debug() -> bool:
+    return os.environ.get("LOOPER_DEBUG", "") not in ("", "0")
+
+
+_DEBUG = {"on": _env_debug()}  # set by each invocation's --debug (or LOOPER_DEBUG)
+
+
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False):
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+         debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error instead of one line (also LOOPER_DEBUG=1).")] = False):
     """Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from looper_math.config import ConfigError
-    from looper_math.modeling import ModelError
-    from looper_math.runio import DataError, OutputExistsError
-    from looper_math.train_common import NonFiniteLossError
-
-    return (ConfigError, DataError, ModelError, OutputExistsError, NonFiniteLossError, FileNotFoundError, ValueError)
+    _DEBUG["on"] = debug or _env_debug()
 
 
 def _load(config: Path | None, overrides: list[str] | None):
@@ -66,13 +70,17 @@ RERUN = "rerun the same command once fixed"  # what commands without --resume sa
 
 
 def _guard(fn, *args, again: str = "rerun with --resume once fixed", **kwargs):
+    from looper_math.errors import LooperError
+
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as e:
+    except LooperError as e:
+        if _DEBUG["on"]:
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
     except OSError as e:
-        if e.errno not in _ENV_ERRNOS:
+        if e.errno not in _ENV_ERRNOS or _DEBUG["on"]:
             raise
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}; finished files are kept, {again}", file=sys.stderr)
@@ -82,15 +90,16 @@ def _guard(fn, *args, again: str = "rerun with --resume once fixed", **kwargs):
 @app.command()
 def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
     """Phase 1: LoRA SFT on the training split -> sft.output_dir (sft.data rft: rolls out the base model first)."""
-    from looper_math.rollouts import collect_rollouts, rollouts_complete
-    from looper_math.sft import rft_rollouts_config, train_sft
+    from looper_math.layout import RunLayout
+    from looper_math.rollouts import collect_rollouts
+    from looper_math.sft import train_sft
 
     def go():
         cfg = _load(config, set)
-        c0 = rft_rollouts_config(cfg)
-        if c0 is not None and not rollouts_complete(c0):  # the original phase-1 command keeps working on its own
-            print(f"sft: sft.data={cfg.sft.data} needs the base model's rollouts; collecting {c0.path(c0.rollouts.output)} first")
-            collect_rollouts(c0, resume=True)
+        base = RunLayout(cfg).rollouts_base()
+        if base is not None and not base.complete:  # the original phase-1 command keeps working on its own
+            print(f"sft: sft.data={cfg.sft.data} needs the base model's rollouts; collecting {base.path} first")
+            collect_rollouts(base.cfg, resume=True)
         return train_sft(cfg, resume=resume, overwrite=overwrite)
 
     _guard(go)
@@ -179,12 +188,23 @@ def compare(a: Path, b: Path, intersect: Annotated[bool, typer.Option(help="Comp
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (run_dir of the config).")] = Path("runs/demo"),
+def report(run_dir: Annotated[Path | None, typer.Argument(help="Run directory (default: the config's run_dir; without --config, runs/demo).")] = None,
+           config: Annotated[Path | None, typer.Option("--config", "-c", help="The run's config: the report reads the outputs it names (renamed ones too).")] = None,
+           set: SetOpt = None,
            out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/report).")] = None):
     """One HTML page (+PNGs) summarizing a run."""
+    from looper_math.layout import RunLayout
     from looper_math.report import build_report
 
-    _guard(lambda: print(f"report -> {build_report(run_dir, out)}"), again=RERUN)
+    def go():
+        if config is None and not set:  # a bare run directory: its outputs found by the conventional names
+            return build_report(run_dir or Path("runs/demo"), out)
+        cfg = _load(config, set)
+        if run_dir is not None:
+            cfg.run_dir = str(run_dir)
+        return build_report(RunLayout(cfg), out)
+
+    _guard(lambda: print(f"report -> {go()}"), again=RERUN)
 
 
 @app.command()
@@ -231,7 +251,8 @@ def alias(command: str, *fixed: str) -> None:
     argv = list(sys.argv[1:])
     if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
         argv = ["--config", str(CONFIG_DIR / "abel7b.yaml"), *argv]
-    app([command, *fixed, *argv], prog_name="looper-math")  # typer adds the command name to the usage line
+    debug = ["--debug"] if "--debug" in argv else []  # an option of the app, given before the command
+    app([*debug, command, *fixed, *(a for a in argv if a != "--debug")], prog_name="looper-math")  # typer adds the command name to the usage line
 
 
 if __name__ == "__main__":

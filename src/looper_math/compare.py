@@ -17,32 +17,13 @@ statistic is exact: under H0 the discordant pairs split Binomial(b01 + b10, 1/2)
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from looper_math.runio import DataError, read_jsonl
+from looper_math.runio import DataError
+from looper_math.schemas import EvalRow, read_rows
+from looper_math.stats import mcnemar_exact_p, wilson_ci
 
-
-def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (Wilson 1927, JASA 22:209); 95 % with z=1.96."""
-    if n <= 0:
-        raise ValueError(f"wilson_ci needs n > 0, got n={n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def mcnemar_exact_p(b01: int, b10: int) -> float:
-    """Exact two-sided McNemar p-value from the discordant counts; 1.0 when there are none."""
-    n = b01 + b10
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b01, b10) + 1))
-    return min(1.0, 2 * tail / 2**n)
+__all__ = ["compare", "format_compare", "mcnemar_exact_p", "wilson_ci"]  # the statistics live in stats.py
 
 
 def _qid_key(qid: object) -> tuple:
@@ -53,12 +34,7 @@ def _load(path: Path) -> tuple[dict, str]:
     """question_id -> correct, and a label (the rows' checkpoint field, else the file name)."""
     correct: dict = {}
     checkpoints = set()
-    for i, row in enumerate(read_jsonl(path), start=1):
-        for name in ("question_id", "correct"):
-            if name not in row:
-                raise DataError(f"{path}: row {i}: missing field '{name}'")
-        if not isinstance(row["correct"], bool):
-            raise DataError(f"{path}: row {i}: field 'correct' must be true/false, got {row['correct']!r}")
+    for i, row in enumerate(read_rows(path, EvalRow, ("question_id", "correct")), start=1):
         qid = row["question_id"]
         if qid in correct:
             raise DataError(f"{path}: row {i}: question_id {qid!r} appears twice")

@@ -25,9 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the file or key."""
+from looper_math.errors import ConfigError  # re-exported (its home is errors.py)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -45,6 +43,8 @@ Rate = Annotated[float, Field(gt=0.0)]  # learning rates, epochs, beta
 Warmup = Annotated[float, Field(ge=0.0, lt=1.0)]
 MaxSteps = Annotated[int, Field(ge=-1)]  # -1: use epochs
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+# transformers' report_to integrations we document and test (tensorboard on CPU)
+ReportTo = Literal["none", "tensorboard", "wandb", "trackio"]
 # transformers' SchedulerType values that need no extra scheduler kwargs
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
 
@@ -94,7 +94,7 @@ class SFTConfig:
     max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
     batch_size: Count = _f(8, "Per-device batch size.")
     grad_accum: Count = _f(2, "Gradient accumulation steps.")
-    max_length: Count = _f(512, "Max tokens per example (prompt + completion); longer examples are truncated.")
+    max_length: Count = _f(512, "Max tokens per example (prompt + completion); longer examples are dropped and counted (dropped_too_long), not truncated.")
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
     padding_free: bool = _f(False, "Padding-free batching (needs flash attention).")
     use_liger_kernel: bool = _f(False, "Liger fused kernels (needs liger-kernel).")
@@ -107,6 +107,8 @@ class SFTConfig:
     rft_rollouts: str = _f("data/rollouts_base.jsonl", "Rollouts file the rft data come from; `looper-math run` writes it first (base model, rollouts.* settings, no adapter).")
     rft_extra: list[str] = _f([], "More rollouts files whose correct trajectories join the rft data (e.g. the rollouts of the SFT or DPO adapter of an earlier run, STaR-style); they must exist.")
     rft_per_question: Count = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
+    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, learning rate, grad norm, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/; pip install tensorboard) | wandb | trackio (each needs its package and login; project/run names through their environment variables or trainer_args.run_name).")
+    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's SFTConfig, passed through as given (e.g. {optim: adamw_torch_fused, torch_compile: true}); checked against SFTConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
 
 
 @dataclass
@@ -172,6 +174,8 @@ class DPOConfig:
     logging_steps: Count = _f(10, "Log every N steps.")
     save_steps: Count = _f(200, "Checkpoint every N steps.")
     seed: NonNeg = _f(42, "Training seed.")
+    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, learning rate, grad norm, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/; pip install tensorboard) | wandb | trackio (each needs its package and login; project/run names through their environment variables or trainer_args.run_name).")
+    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's DPOConfig, passed through as given (e.g. {optim: adamw_torch_fused, label_smoothing: 0.1}); checked against DPOConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
 
 
 @dataclass
@@ -212,6 +216,7 @@ class EvalConfig:
     engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
     answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
+    protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples and rewards follow it too.")
 
 
 @dataclass
@@ -334,7 +339,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = f"{source} + --set"
     cfg = _build(Config, tree, "", source)
     _check_arms(cfg, source)
+    _check_trainer_args(cfg, source)
     return cfg
+
+
+# The TRL config class of each section with `trainer_args`, and the arguments the phase sets itself from its own
+# settings (tests/test_trainer_args.py checks these lists against the calls in sft.py and dpo.py).
+TRAINER_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig"}
+TRAINER_ARGS_OWNED = {
+    "sft": frozenset({
+        "output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+        "weight_decay", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+        "padding_free", "use_liger_kernel", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16",
+        "logging_steps", "save_steps", "save_total_limit", "save_only_model", "seed", "data_seed", "report_to",
+        "completion_only_loss", "eos_token", "dataset_num_proc", "use_cpu", "logging_nan_inf_filter",
+        "include_num_input_tokens_seen", "ddp_find_unused_parameters"}),
+    "dpo": frozenset({
+        "output_dir", "beta", "loss_type", "loss_weights", "learning_rate", "lr_scheduler_type", "warmup_steps",
+        "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+        "max_grad_norm", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "logging_steps",
+        "save_steps", "save_total_limit", "seed", "data_seed", "report_to", "use_cpu", "logging_nan_inf_filter",
+        "ddp_find_unused_parameters"}),
+}
+
+
+def trl_config_fields(section: str) -> frozenset[str]:
+    """The argument names of TRL's config class for ``section`` (imports trl: only when trainer_args are given)."""
+    import trl
+
+    return frozenset(f.name for f in dataclasses.fields(getattr(trl, TRAINER_CONFIGS[section])) if f.init)
+
+
+def _check_trainer_args(cfg: Config, source: str) -> None:
+    """``<section>.trainer_args`` keys are arguments of TRL's config class that looper-math does not set itself."""
+    for section, cls in TRAINER_CONFIGS.items():
+        extra = getattr(cfg, section).trainer_args
+        if not extra:
+            continue
+        known = trl_config_fields(section)
+        for key in extra:
+            where = f"{source}: config key '{section}.trainer_args.{key}'"
+            if key in TRAINER_ARGS_OWNED[section]:
+                raise ConfigError(f"{where}: set by looper-math from the {section} settings (see `looper-math config --keys`)")
+            if key not in known:
+                raise ConfigError(f"{where}: not an argument of TRL's {cls}")
 
 
 def _check_arms(cfg: Config, source: str) -> None:
@@ -381,12 +429,12 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
     "eval_sft": (("model", "data", "eval"), ("sft",)),
     "eval_dpo": (("model", "data", "eval"), ("dpo",)),
-    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ("sft",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ("sft",)),
     # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
-    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.engine"), ()),
+    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ()),
     "prefs": (("prefs",), ("rollouts",)),
     "dpo": (("dpo",), ("prefs", "sft")),
-    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.engine"), ("sft",)),
+    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine"), ("sft",)),
     "eval_grpo": (("model", "data", "eval"), ("grpo",)),
 }
 # where outputs go and how often progress is logged or checkpointed: not what an output holds
@@ -394,7 +442,7 @@ NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps
                           "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
                           "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
                           "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "eval.grpo_output",
-                          "rollouts.score_workers"})  # sft.rft_extra stays a setting: it changes the data
+                          "rollouts.score_workers", "sft.report_to", "dpo.report_to"})  # sft.rft_extra stays a setting: it changes the data
 
 
 def eval_phase(adapter: str | None) -> str:
@@ -445,4 +493,7 @@ def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tupl
     if not isinstance(old_tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)
+    # a key the old config does not have (added to the code since) had its default then
+    default = phase_settings(Config(), phase)
+    old = {**{k: v for k, v in default.items() if k not in old}, **old}
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]

@@ -20,21 +20,19 @@ from pathlib import Path
 
 from looper_math.config import Config, fingerprint
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.runio import DataError, check_output, read_jsonl
+from looper_math.runio import DataError, check_output
+from looper_math.schemas import PairRow, read_rows
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
                                       launched_state, loss_line, losses, peak_memory, prepare_output, save_final, resume_and_train)
 
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
+PAIR_FIELDS = ("prompt", "chosen", "rejected")  # the fields of schemas.PairRow DPO trains on
 
 
 def load_pairs(path: Path) -> list[dict]:
     if not path.exists():
         raise DataError(f"{path}: preference pairs not found (run `looper-math prefs` first)")
     pairs = []
-    for i, row in enumerate(read_jsonl(path), 1):
-        for f in PAIR_FIELDS:
-            if not isinstance(row.get(f), str) or not row[f]:
-                raise DataError(f"{path}:{i}: field '{f}' missing or not a non-empty string")
+    for i, row in enumerate(read_rows(path, PairRow, PAIR_FIELDS, nonempty=PAIR_FIELDS), 1):
         if row["chosen"] == row["rejected"]:
             raise DataError(f"{path}:{i}: chosen == rejected")
         pairs.append({f: row[f] for f in PAIR_FIELDS})
@@ -109,8 +107,9 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
         gradient_accumulation_steps=d.grad_accum, max_length=d.max_length, max_grad_norm=d.max_grad_norm,
         gradient_checkpointing=d.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
-        seed=d.seed, data_seed=d.seed, report_to="none", use_cpu=device == "cpu", logging_nan_inf_filter=False,
+        seed=d.seed, data_seed=d.seed, report_to=d.report_to, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every trainable LoRA weight gets a gradient
+        **d.trainer_args,  # the rest of TRL's DPOConfig, as the config gives it (keys checked at load)
     )
     meter = Throughput()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])

@@ -3,11 +3,12 @@
 Command: ``looper-math eval --adapter sft|dpo|none|PATH`` (aliases: ``python -m
 src.eval.eval_abel_sft_platinum`` and ``src.eval.eval_abel_coherence_platinum``).
 
-Greedy decoding, batched with left padding (same outputs as one at a time; tested). Both extraction
-pipelines are reported under their own names, lm-evaluation-harness style: ``strict`` reads the
-``#### N`` line, ``flexible`` falls back to "The answer is", ``\\boxed{}`` and the last number; the
-headline ``correct`` uses ``eval.answer_mode`` (the same mode rollouts use for rewards). Abel-format
-outputs are cut at a new "Question:" before extraction, as Abel's own evaluator does.
+Greedy decoding, batched with left padding (same outputs as one at a time; tested). Prompts and grading
+come from the task (``task.GSM8K``, ``eval.protocol``): both extraction pipelines are reported under their
+own names, lm-evaluation-harness style (``strict`` reads the ``#### N`` line, ``flexible`` falls back to
+"The answer is", ``\\boxed{}`` and the last number); the headline ``correct`` (and ``extracted``) uses
+``eval.answer_mode``, or the GSM8K-Platinum harness's parser under ``eval.protocol: platinum`` (the same
+grading rollouts use for rewards).
 
 Writes one JSONL row per question (append-only, keyed by question_id, resumable) and a summary JSON
 next to it (``<output stem>.summary.json``) recomputed from every row in the file.
@@ -19,37 +20,24 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from looper_math.answers import answers_equal, extract_answer
-from looper_math.compare import wilson_ci
 from looper_math.config import Config, eval_phase, fingerprint, save_resolved
-from looper_math.data import load_split
 from looper_math.generation import GenRequest, generate
+from looper_math.layout import RunLayout, resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
-from looper_math.prompts import STOP_STRINGS, build_prompt
 from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
+from looper_math.schemas import EVAL_KEY, EvalRow, fields
+from looper_math.stats import wilson_ci
+from looper_math.task import GSM8K
 
-EVAL_FIELDS = ("question_id", "question", "gold", "prediction", "extracted_strict", "extracted_flexible",
-               "correct", "correct_strict", "correct_flexible", "cleaning_status", "num_tokens", "finished", "checkpoint")
+EVAL_FIELDS = fields(EvalRow)  # the row format (schemas.EvalRow)
 
 
 def default_output(cfg: Config, adapter: str | None) -> Path:
-    name = {None: cfg.eval.base_output, "none": cfg.eval.base_output, "sft": cfg.eval.sft_output, "dpo": cfg.eval.dpo_output,
-            "grpo": cfg.eval.grpo_output}.get(adapter)
-    if name is None:
-        name = f"outputs/{Path(adapter).name}_eval.jsonl"
-    return cfg.path(name)
+    """Where the evaluation of ``adapter`` goes (the run layout's name for it)."""
+    return RunLayout(cfg).eval(adapter).path
 
 
-def summary_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".summary.json")
-
-
-def score_row(prediction: str, gold: str, mode: str) -> dict:
-    strict = extract_answer(prediction, mode="strict")
-    flexible = extract_answer(prediction, mode="flexible")
-    c_strict, c_flex = answers_equal(strict, gold), answers_equal(flexible, gold)
-    return {"extracted_strict": strict, "extracted_flexible": flexible,
-            "correct": c_strict if mode == "strict" else c_flex, "correct_strict": c_strict, "correct_flexible": c_flex}
+summary_path = summary_of  # the summary next to an eval JSONL (layout.summary_of)
 
 
 def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_tokens: int, run_seconds: float) -> dict:
@@ -66,7 +54,7 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
     headline, strict, flexible = acc("correct", rows), acc("correct_strict", rows), acc("correct_flexible", rows)
     return {
         "n": n, "checkpoint": checkpoint, "model": cfg.model.name_or_path, "smoke": cfg.smoke,
-        "answer_mode": cfg.eval.answer_mode, "split": cfg.eval.split,
+        "answer_mode": cfg.eval.answer_mode, "protocol": cfg.eval.protocol, "split": cfg.eval.split,
         "data": cfg.data.test if cfg.eval.split == "test" else cfg.data.train,
         "accuracy": headline["accuracy"], "ci95": headline["ci95"],
         "accuracy_strict": strict["accuracy"], "ci95_strict": strict["ci95"],
@@ -88,23 +76,20 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     sh = resolve_shard(shard)
     out = shard_path(Path(output) if output else default_output(cfg, adapter), sh)
     mode = check_output(out, resume=resume, overwrite=overwrite)
-    problems = load_split(cfg, cfg.eval.split)
-    if cfg.eval.limit:
-        problems = problems[: cfg.eval.limit]
-    problems = take_shard(problems, sh)
+    task = GSM8K.from_config(cfg)
+    problems = take_shard(task.load(cfg, cfg.eval.split, cfg.eval.limit), sh)
     tokenizer = load_tokenizer(cfg)
     model, adapter_dir = load_model_with_adapter(cfg, adapter, merge=cfg.eval.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
-    fmt = cfg.model.prompt_format
     run_tokens, t0 = 0, time.time()
-    with JsonlAppender(out, ("question_id",), mode) as sink:
+    with JsonlAppender(out, EVAL_KEY, mode) as sink:
         if mode == "resume":  # rows of another checkpoint must not be mixed into this file
             for i, row in enumerate(read_jsonl(out), 1):
                 if row.get("checkpoint") != checkpoint:
                     raise DataError(f"{out}:{i}: row of checkpoint={row.get('checkpoint')!r}, but this run evaluates "
                                     f"{checkpoint!r} (use --overwrite or another --output)")
-        save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")
+        save_resolved(cfg, out.parent, resolved_of(out).name)
         todo = [p for p in problems if (p.question_id,) not in sink]
         if mode == "resume":
             print(f"eval: resuming {out}: {len(problems) - len(todo)} done, {len(todo)} to go"
@@ -112,21 +97,21 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
         chunk = max(cfg.eval.batch_size * 4, 1)
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
-            reqs = [GenRequest(prompt=build_prompt(tokenizer, fmt, p.question)) for p in part]
+            reqs = [GenRequest(prompt=task.prompt(tokenizer, p.question)) for p in part]
             results = generate(model, tokenizer, reqs, max_new_tokens=cfg.eval.max_new_tokens,
-                               batch_size=cfg.eval.batch_size, stop_strings=STOP_STRINGS[fmt],
+                               batch_size=cfg.eval.batch_size, stop_strings=task.stop_strings,
                                engine=cfg.eval.engine, desc=f"eval {start + len(part)}/{len(todo)}")
             rows = []
             for p, r in zip(part, results):
-                rows.append({"question_id": p.question_id, "question": p.question, "gold": p.gold, "prediction": r.text,
-                             **score_row(r.text, p.gold, cfg.eval.answer_mode), "cleaning_status": p.cleaning_status,
-                             "num_tokens": r.num_tokens, "finished": r.finished, "checkpoint": checkpoint})
+                rows.append(EvalRow(question_id=p.question_id, question=p.question, gold=p.gold, prediction=r.text,
+                                    **task.grade(r.text, p.gold).fields(), cleaning_status=p.cleaning_status,
+                                    num_tokens=r.num_tokens, finished=r.finished, checkpoint=checkpoint))
                 run_tokens += r.num_tokens
             sink.write(rows)
     rows = list(read_jsonl(out))
     summary = summarize(rows, checkpoint=checkpoint, cfg=cfg, run_tokens=run_tokens, run_seconds=time.time() - t0)
     summary["settings_fingerprint"] = fingerprint(cfg, eval_phase(adapter))
-    atomic_write_json(summary_path(out), summary)
+    atomic_write_json(summary_of(out), summary)
     lo, hi = summary["ci95"]
     print(f"eval [{checkpoint}] n={summary['n']}: accuracy {summary['accuracy']:.2%} (95% CI {lo:.2%}-{hi:.2%}), "
           f"strict {summary['accuracy_strict']:.2%}, flexible {summary['accuracy_flexible']:.2%}, "
@@ -135,7 +120,3 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
         print(f"eval: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind eval --shards {sh[1]} "
               f"{Path(output) if output else default_output(cfg, adapter)}")
     return summary
-
-
-def eval_complete(cfg: Config, adapter: str | None) -> bool:
-    return summary_path(default_output(cfg, adapter)).exists()

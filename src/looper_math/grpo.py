@@ -26,15 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from looper_math.config import Config
-from looper_math.data import load_split
-from looper_math.evaluate import score_row
 from looper_math.generation import GenRequest, encode_prompts, generate
 from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.prompts import STOP_STRINGS, trl_prompt
-from looper_math.regime_w.arms import stable_seed
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
 from looper_math.runio import DataError, check_output
+from looper_math.seeds import stable_seed
+from looper_math.task import GSM8K
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main,
                                        launched_state, loss_line, prepare_output, save_final, resume_and_train)
 
@@ -49,10 +47,12 @@ def grpo_reward(cfg: Config):
     correctness: ``alpha_correct * correct``; regime_w: the rollouts' reward, Regime W scored per question group."""
     w = cfg.regime_w
     weights = (w.w_end, w.w_path, w.w_cf)
+    task = GSM8K.from_config(cfg)
 
     def reward(prompts, completions, completion_ids, question, answer, gold, question_id, **_):
         texts = [completion_text(c) for c in completions]
-        correct = [score_row(t, g, cfg.eval.answer_mode)["correct"] for t, g in zip(texts, gold)]
+        answers = [task.extract(t) for t in texts]  # once per completion: grades `correct` and s_end
+        correct = [task.is_correct(a, g) for a, g in zip(answers, gold)]
         if cfg.grpo.reward == "correctness":
             return [w.alpha_correct * float(c) for c in correct]
         groups: dict[str, list[int]] = defaultdict(list)
@@ -62,7 +62,7 @@ def grpo_reward(cfg: Config):
         for qid, idx in groups.items():
             reference = answer[idx[0]] if w.cf_source == "reference" else None
             scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
-                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answer_mode=cfg.eval.answer_mode)
+                                 seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answers=[answers[i] for i in idx])
             for i, s in zip(idx, scores):
                 out[i] = compute_reward(correct[i], s["s_wm"], len(completion_ids[i]), w.alpha_correct, w.beta_coherence,
                                         w.length_penalty)
@@ -120,7 +120,7 @@ class MergedRollouts:
                     for i, t in enumerate(texts)]
         self.calls += 1
         results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
-                           batch_size=len(requests), stop_strings=STOP_STRINGS[self.cfg.model.prompt_format],
+                           batch_size=len(requests), stop_strings=GSM8K.from_config(self.cfg).stop_strings,
                            engine=self.cfg.eval.engine, progress=False)
         return {"prompt_ids": encode_prompts(self.tokenizer, texts), "completion_ids": [r.token_ids for r in results],
                 "logprobs": None}
@@ -129,10 +129,10 @@ class MergedRollouts:
 def build_dataset(cfg: Config, tokenizer):
     import datasets
 
-    problems = load_split(cfg, "train")
-    if cfg.grpo.limit:
-        problems = problems[: cfg.grpo.limit]
-    rows = [{"prompt": trl_prompt(tokenizer, cfg.model.prompt_format, p.question), "question": p.question, "answer": p.answer,
+    task = GSM8K.from_config(cfg)
+    problems = task.load(cfg, "train", cfg.grpo.limit)
+    # the evaluation prompt as text (chat template applied): what eval and rollouts give the model, eval.protocol included
+    rows = [{"prompt": task.prompt(tokenizer, p.question), "question": p.question, "answer": p.answer,
              "gold": p.gold, "question_id": p.question_id} for p in problems]
     if not rows:
         raise DataError("grpo: no training questions")

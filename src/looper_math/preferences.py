@@ -40,17 +40,17 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from looper_math.config import Config, PrefsConfig, fingerprint, save_resolved
+from looper_math.config import Config, ConfigError, PrefsConfig, fingerprint, save_resolved
+from looper_math.layout import resolved_of, summary_of
 from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, read_jsonl
+from looper_math.schemas import PairRow, RolloutRow, check_row
 
 PAIR_TYPES = ("correctness", "coherence")
 PROMPT_MODES = ("eval", "arm")
 
-# The fields build_pairs reads; a rollouts row without one of them is a DataError.
+# The fields of a rollouts row (schemas.RolloutRow) build_pairs reads; a row without one of them is a DataError.
 REQUIRED_FIELDS = ("question_id", "sample_idx", "arm", "prompt", "eval_prompt", "full_text", "correct",
                    "finished", "s_wm", "reward")
-_BOOL_FIELDS = ("correct", "finished")
-_NUMBER_FIELDS = ("s_wm", "reward")
 
 # Float slack for the margin threshold: 0.65 - 0.5 must count as a margin of 0.15.
 _EPS = 1e-9
@@ -59,25 +59,17 @@ _EPS = 1e-9
 def check_rows(rows: list[dict], source: str) -> None:
     """Raise a one-line DataError naming source, row (1-based) and field for a missing or mistyped field."""
     for i, row in enumerate(rows, start=1):
-        for name in REQUIRED_FIELDS:
-            if name not in row:
-                raise DataError(f"{source}: row {i}: missing field '{name}'")
-        for name in _BOOL_FIELDS:
-            if not isinstance(row[name], bool):
-                raise DataError(f"{source}: row {i}: field '{name}' must be true/false, got {row[name]!r}")
-        for name in _NUMBER_FIELDS:
-            if isinstance(row[name], bool) or not isinstance(row[name], (int, float)):
-                raise DataError(f"{source}: row {i}: field '{name}' must be a number, got {row[name]!r}")
+        check_row(row, RolloutRow, REQUIRED_FIELDS, f"{source}: row {i}")
 
 
 def _check_cfg(cfg: PrefsConfig) -> None:
     bad = [t for t in cfg.pair_types if t not in PAIR_TYPES]
     if bad or not cfg.pair_types:
-        raise ValueError(f"prefs.pair_types must be a non-empty subset of {list(PAIR_TYPES)}, got {cfg.pair_types}")
+        raise ConfigError(f"prefs.pair_types must be a non-empty subset of {list(PAIR_TYPES)}, got {cfg.pair_types}")
     if cfg.prompt_mode not in PROMPT_MODES:
-        raise ValueError(f"prefs.prompt_mode must be one of {list(PROMPT_MODES)}, got {cfg.prompt_mode!r}")
+        raise ConfigError(f"prefs.prompt_mode must be one of {list(PROMPT_MODES)}, got {cfg.prompt_mode!r}")
     if not 0.0 <= cfg.max_coherence_share <= 1.0:
-        raise ValueError(f"prefs.max_coherence_share must be in [0, 1], got {cfg.max_coherence_share}")
+        raise ConfigError(f"prefs.max_coherence_share must be in [0, 1], got {cfg.max_coherence_share}")
 
 
 def _qid_key(qid: object) -> tuple:
@@ -90,22 +82,13 @@ def _rank(row: dict) -> tuple:
     return (-row["reward"], -row["s_wm"], row["sample_idx"])
 
 
-def _pair(prompt: str, chosen: dict, rejected: dict, pair_type: str) -> dict:
-    return {
-        "prompt": prompt,
-        "chosen": chosen["full_text"],
-        "rejected": rejected["full_text"],
-        "question_id": chosen["question_id"],
-        "pair_type": pair_type,
-        "chosen_arm": chosen["arm"],
-        "rejected_arm": rejected["arm"],
-        "chosen_reward": chosen["reward"],
-        "rejected_reward": rejected["reward"],
-        "chosen_s_wm": chosen["s_wm"],
-        "rejected_s_wm": rejected["s_wm"],
-        "chosen_sample_idx": chosen["sample_idx"],
-        "rejected_sample_idx": rejected["sample_idx"],
-    }
+def _pair(prompt: str, chosen: dict, rejected: dict, pair_type: str) -> PairRow:
+    return PairRow(
+        prompt=prompt, chosen=chosen["full_text"], rejected=rejected["full_text"], question_id=chosen["question_id"],
+        pair_type=pair_type, chosen_arm=chosen["arm"], rejected_arm=rejected["arm"], chosen_reward=chosen["reward"],
+        rejected_reward=rejected["reward"], chosen_s_wm=chosen["s_wm"], rejected_s_wm=rejected["s_wm"],
+        chosen_sample_idx=chosen["sample_idx"], rejected_sample_idx=rejected["sample_idx"],
+    )
 
 
 def _margin_stats(pairs: list[dict]) -> dict:
@@ -236,8 +219,8 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
                "settings_fingerprint": fingerprint(cfg, "prefs")}
 
     atomic_write_text(output_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    atomic_write_json(output_path.with_suffix(".summary.json"), summary)
-    save_resolved(cfg, output_path.parent, output_path.with_suffix(".resolved_config.yaml").name)
+    atomic_write_json(summary_of(output_path), summary)
+    save_resolved(cfg, output_path.parent, resolved_of(output_path).name)
     if cfg.smoke:
         print("SMOKE RUN (tiny model): these pairs say nothing about the real model.")
     print(json.dumps(summary, indent=2))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from looper_math.errors import ConfigError
+
 FORMATS = ("abel", "chat", "plain")
 ABEL_TEMPLATE = "Question:\n{question}\nAnswer:\nLet's think step by step.\n"
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
@@ -23,9 +25,9 @@ _ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 def check_format(fmt: str, tokenizer=None) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"model.prompt_format: unknown format '{fmt}' (abel | chat | plain)")
+        raise ConfigError(f"model.prompt_format: unknown format '{fmt}' (abel | chat | plain)")
     if fmt == "chat" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("model.prompt_format is 'chat' but the tokenizer has no chat template (use abel or plain)")
+        raise ConfigError("model.prompt_format is 'chat' but the tokenizer has no chat template (use abel or plain)")
 
 
 def user_text(question: str, instruction: str | None = None) -> str:

@@ -2,16 +2,21 @@
 
 Command::
 
-    looper-math report --config configs/abel7b.yaml        # -> <run_dir>/report/report.html
+    looper-math report --config configs/abel7b.yaml [--set ...]   # the outputs that config names
+    looper-math report RUN_DIR                                     # a run dir whose config is unknown
 
-Reads, each part optional (a missing part gets a note on the page instead of a section):
+Reads the outputs the run's layout names (``layout.RunLayout``: from the config, so renamed outputs are
+found; or, for a bare run directory, ``RunLayout.discover``: ``outputs/*eval*``, ``data/*rollouts*``,
+``data/*preferences*``, ``checkpoints/*/``, shard files left out; never a recursive walk). Each part is
+optional (a missing part gets a note on the page instead of a section):
 
-- ``outputs/*eval*.summary.json`` (eval summaries: ``accuracy_strict``, ``accuracy_flexible``,
-  ``ci95_strict``, ``n``, ``checkpoint``) -> headline accuracies, accuracy-by-phase chart with 95 % CIs;
-- ``data/*rollouts*.jsonl`` -> per-arm table and chart, score histograms for correct vs incorrect;
-- ``data/*preferences*.jsonl`` -> pair counts by type and margins;
-- ``checkpoints/*/log_history.json`` (list of dicts with ``step``, ``loss``) -> loss curves;
-- any ``*resolved_config.yaml`` with ``smoke: true`` -> a smoke-run banner.
+- eval summaries (``accuracy_strict``, ``accuracy_flexible``, ``ci95_strict``, ``n``, ``checkpoint``) ->
+  headline accuracies, accuracy-by-phase chart with 95 % CIs, paired McNemar test against the previous phase;
+- the rollouts JSONL (the newest) -> per-arm table and chart, score histograms for correct vs incorrect;
+- the pairs JSONL -> pair counts by type and margins;
+- each adapter's ``log_history.json`` (list of dicts with ``step``, ``loss``) -> loss curves;
+- the config's ``smoke`` (a bare run dir: a resolved config of one of those outputs, or ``RUN_DIR/resolved_config.yaml``,
+  with ``smoke: true``) -> a smoke-run banner.
 
 The page is self-contained HTML; charts are PNGs next to it (relative links), drawn with matplotlib's
 Agg backend so no display is needed. Malformed data (a row without a needed field) is an error, not a
@@ -32,13 +37,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
-import yaml  # noqa: E402
 
 from looper_math.compare import compare  # noqa: E402
-from looper_math.runio import DataError, atomic_write_text, read_json, read_jsonl  # noqa: E402
+from looper_math.layout import Output, RunLayout  # noqa: E402
+from looper_math.runio import DataError, atomic_write_text, read_json  # noqa: E402
+from looper_math.schemas import PairRow, RolloutRow, read_rows  # noqa: E402
 
 SCORES = ("s_end", "s_path", "s_cf", "s_wm")
-EVAL_KEYS = ("accuracy_strict", "accuracy_flexible", "ci95_strict", "n", "checkpoint")
+EVAL_KEYS = ("accuracy_strict", "accuracy_flexible", "ci95_strict", "n", "checkpoint")  # of an eval summary
+# the fields of schemas.RolloutRow / PairRow the report reads
 ROLLOUT_KEYS = ("question_id", "arm", "correct", "finished", "reward", *SCORES)
 PAIR_KEYS = ("question_id", "pair_type", "chosen_reward", "rejected_reward", "chosen_s_wm", "rejected_s_wm")
 PHASE_ORDER = ("base", "sft", "dpo", "coherence")
@@ -95,11 +102,10 @@ def _require(obj: dict, keys: tuple[str, ...], where: str) -> None:
             raise DataError(f"{where}: missing field '{k}'")
 
 
-def _newest(paths: list[Path]) -> tuple[Path | None, list[Path]]:
-    if not paths:
-        return None, []
-    paths = sorted(paths, key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
-    return paths[0], paths[1:]
+def _first(outputs: list[Output]) -> tuple[Path | None, list[Path]]:
+    """The first of the outputs that exists (the layout lists the newest first), and the other existing ones."""
+    paths = [o.path for o in outputs if o.path.is_file()]
+    return (paths[0], paths[1:]) if paths else (None, [])
 
 
 # ---------------------------------------------------------------- sections
@@ -118,11 +124,11 @@ def _phase_rank(label: str) -> tuple[int, str]:
     return len(PHASE_ORDER), low
 
 
-def _delta_html(run_dir: Path, prev: dict, e: dict) -> str:
+def _delta_html(prev: dict, e: dict) -> str:
     """The headline difference to the previous phase with its exact McNemar p (paired over the questions
     both per-example files hold, as `looper-math compare --intersect`); green or red only when p < 0.05."""
     d = 100 * (e["headline"] - prev["headline"])
-    files = [run_dir / "outputs" / x["file"].replace(".summary.json", ".jsonl") for x in (prev, e)]
+    files = [x["jsonl"] for x in (prev, e)]
     if not all(f.exists() for f in files):
         return f'<span class="flat">{d:+.1f} pts vs {_esc(prev["label"])} (no per-example file: no paired test)</span>'
     p = compare(*files, intersect=True)["mcnemar_p"]
@@ -131,20 +137,22 @@ def _delta_html(run_dir: Path, prev: dict, e: dict) -> str:
     return f'<span class="{cls}">{d:+.1f} pts vs {_esc(prev["label"])}, McNemar p = {p:.3g} ({verdict})</span>'
 
 
-def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
+def _eval_section(layout: RunLayout, out_dir: Path) -> tuple[str, str, list[str]]:
     """(headline html, section html, notes)."""
-    files = sorted((run_dir / "outputs").glob("*eval*.summary.json"))
-    if not files:
-        return "", "", ["No evaluation summaries (outputs/*eval*.summary.json) yet."]
+    outputs = [o for o in layout.evals() if o.summary.is_file()]
+    if not outputs:
+        return "", "", ["No evaluation summaries yet."]
     evals = []
-    for f in files:
+    for o in outputs:
+        f = o.summary
         s = read_json(f)
         _require(s, EVAL_KEYS, str(f))
         ckpt = str(s["checkpoint"])
         # Short labels keep the chart's ticks apart; the table keeps the summary file name.
         label = "base" if ckpt.startswith("base:") else Path(ckpt).name
-        mode = s.get("answer_mode", "strict")  # the headline figure is the one `correct` used
-        evals.append({**s, "file": f.name, "label": label, "mode": mode,
+        # the headline figure is the one `correct` used: the platinum harness's, or answer_mode's extraction
+        mode = "platinum" if s.get("protocol") == "platinum" else s.get("answer_mode", "strict")
+        evals.append({**s, "file": f.name, "jsonl": o.path, "label": label, "mode": mode,
                       "headline": s.get("accuracy", s["accuracy_strict"]), "headline_ci": s.get("ci95", s["ci95_strict"])})
     evals.sort(key=lambda e: _phase_rank(e["label"] + " " + e["file"]))
 
@@ -154,7 +162,7 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
         # the previous phase evaluated on the same split: dev and test figures are never paired
         prev = [x for x in evals[:k] if x.get("split") == e.get("split")]
         if prev:
-            delta = _delta_html(run_dir, prev[-1], e)
+            delta = _delta_html(prev[-1], e)
         cards += (f'<div class="card"><div class="card-label">{_esc(e["label"])} · {_esc(e["mode"])}</div>'
                   f'<div class="card-value">{_pct(e["headline"])} {delta}</div>'
                   f'<div class="card-sub">95% CI {_pct(e["headline_ci"][0])} – {_pct(e["headline_ci"][1])} · '
@@ -202,11 +210,9 @@ def _eval_section(run_dir: Path, out_dir: Path) -> tuple[str, str, list[str]]:
 
 
 def _rollouts_section(path: Path, out_dir: Path, others: list[Path]) -> str:
-    rows = list(read_jsonl(path, allow_torn_tail=True))
+    rows = list(read_rows(path, RolloutRow, ROLLOUT_KEYS, allow_torn_tail=True))
     if not rows:
         return f'<section><h2>Rollouts</h2><p class="note">{_esc(path)} is empty.</p></section>'
-    for i, r in enumerate(rows, start=1):
-        _require(r, ROLLOUT_KEYS, f"{path}: row {i}")
 
     by_arm: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -274,9 +280,7 @@ def _rollouts_section(path: Path, out_dir: Path, others: list[Path]) -> str:
 
 
 def _pairs_section(path: Path, others: list[Path]) -> str:
-    pairs = list(read_jsonl(path))
-    for i, p in enumerate(pairs, start=1):
-        _require(p, PAIR_KEYS, f"{path}: row {i}")
+    pairs = list(read_rows(path, PairRow, PAIR_KEYS))
     types = sorted({p["pair_type"] for p in pairs}, key=lambda t: (t != "correctness", t))
     rows = []
     for t in types:
@@ -294,10 +298,11 @@ def _pairs_section(path: Path, others: list[Path]) -> str:
     return f"<section><h2>Preference pairs</h2>{facts}{more}{body}</section>"
 
 
-def _training_section(run_dir: Path, out_dir: Path) -> tuple[str, list[str]]:
-    logs = sorted((run_dir / "checkpoints").glob("*/log_history.json"), key=lambda f: _phase_rank(f.parent.name))
+def _training_section(layout: RunLayout, out_dir: Path) -> tuple[str, list[str]]:
+    logs = [o.path / "log_history.json" for o in layout.trainings()]
+    logs = sorted((f for f in logs if f.is_file()), key=lambda f: _phase_rank(f.parent.name))
     if not logs:
-        return "", ["No trainer logs (checkpoints/*/log_history.json) yet."]
+        return "", ["No trainer logs (log_history.json of an adapter) yet."]
     curves = []
     for f in logs:
         hist = read_json(f)
@@ -323,16 +328,6 @@ def _training_section(run_dir: Path, out_dir: Path) -> tuple[str, list[str]]:
             for name, pts in curves]
     table = _table(["checkpoint", "logged steps", "first loss", "last loss", "last step"], rows, "num")
     return f"<section><h2>Training</h2>{_img(chart, 'loss curves')}{table}</section>", []
-
-
-def _is_smoke(run_dir: Path, out_dir: Path) -> bool:
-    for f in run_dir.rglob("*resolved_config.yaml"):
-        if out_dir in f.parents:
-            continue
-        cfg = yaml.safe_load(f.read_text())
-        if isinstance(cfg, dict) and cfg.get("smoke") is True:
-            return True
-    return False
 
 
 CSS = """
@@ -371,44 +366,46 @@ tbody tr:hover { background: #fafbfc; }
 """
 
 
-def build_report(run_dir: Path, out_dir: Path | None = None, rollouts_path: Path | None = None,
+def build_report(run: Path | RunLayout, out_dir: Path | None = None, rollouts_path: Path | None = None,
                  pairs_path: Path | None = None) -> Path:
-    """Write ``report.html`` (+ PNG charts) for run_dir into out_dir (default ``run_dir/report``)."""
-    run_dir = Path(run_dir)
+    """Write ``report.html`` (+ PNG charts) for a run into out_dir (default ``<run_dir>/report``). ``run``: the
+    run's layout (``RunLayout(cfg)``), or a run directory read through ``RunLayout.discover``."""
+    layout = run if isinstance(run, RunLayout) else RunLayout.discover(Path(run))
+    run_dir = layout.run_dir
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+        raise DataError(f"{run_dir}: run directory not found")
+    out_dir = Path(out_dir) if out_dir is not None else layout.report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in CHARTS:  # a chart whose data is gone must not linger next to the new page
         (out_dir / name).unlink(missing_ok=True)
 
     notes: list[str] = []
-    headline, eval_html, n = _eval_section(run_dir, out_dir)
+    headline, eval_html, n = _eval_section(layout, out_dir)
     notes += n
 
     other_rollouts: list[Path] = []
     if rollouts_path is None:
-        rollouts_path, other_rollouts = _newest(list((run_dir / "data").glob("*rollouts*.jsonl")))
+        rollouts_path, other_rollouts = _first(layout.rollouts_files())
     if rollouts_path is not None:
         rollouts_html = _rollouts_section(Path(rollouts_path), out_dir, other_rollouts)
     else:
         rollouts_html = ""
-        notes.append("No rollouts (data/*rollouts*.jsonl) yet.")
+        notes.append("No rollouts yet.")
 
     other_pairs: list[Path] = []
     if pairs_path is None:
-        pairs_path, other_pairs = _newest(list((run_dir / "data").glob("*preferences*.jsonl")))
+        pairs_path, other_pairs = _first(layout.prefs_files())
     if pairs_path is not None:
         pairs_html = _pairs_section(Path(pairs_path), other_pairs)
     else:
         pairs_html = ""
-        notes.append("No preference pairs (data/*preferences*.jsonl) yet.")
+        notes.append("No preference pairs yet.")
 
-    train_html, n = _training_section(run_dir, out_dir)
+    train_html, n = _training_section(layout, out_dir)
     notes += n
 
     banner = ('<div class="banner">SMOKE RUN — tiny model on built-in problems. These numbers test the '
-              'pipeline, not the method.</div>') if _is_smoke(run_dir, out_dir) else ""
+              'pipeline, not the method.</div>') if layout.smoke else ""
     if not headline:
         headline = '<p class="note">No evaluation yet: accuracies appear here once a phase is evaluated.</p>'
     notes_html = "" if not notes else (

@@ -33,18 +33,18 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
-from looper_math.data import load_split
-from looper_math.evaluate import score_row
 from looper_math.generation import GenRequest, generate
+from looper_math.layout import resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
-from looper_math.prompts import STOP_STRINGS, build_prompt
-from looper_math.regime_w.arms import Bandit, load_arms, stable_seed
-from looper_math.regime_w.reward import compute_reward
-from looper_math.regime_w.scoring import score_group
+from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
 from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard,
                                shard_path, take_shard)
+from looper_math.schemas import ROLLOUT_KEY, RolloutRow
+from looper_math.seeds import stable_seed
+from looper_math.stats import auroc
+from looper_math.task import GSM8K
 
-KEY = ("question_id", "sample_idx")
+KEY = ROLLOUT_KEY
 EVAL_ARM = "eval_prompt"  # the arm name of samples drawn under the plain evaluation prompt
 
 
@@ -79,26 +79,6 @@ def reasoning_of(text: str) -> str:
     return head.rstrip() if sep else text
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """Area under the ROC curve of `scores` for predicting `labels` (Mann-Whitney U; ties count 1/2)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, i) for i, s in enumerate(scores))
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(ranked):
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[ranked[k][1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_pos = sum(r for r, y in zip(ranks, labels) if y)
-    return (rank_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
 def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seconds: float, cfg: Config,
               timing: dict | None = None) -> dict:
     by_q: dict[str, list[dict]] = defaultdict(list)
@@ -116,7 +96,7 @@ def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seco
         per_arm[name] = {**st, "mean_s_wm": sum(r["s_wm"] for r in mine) / len(mine) if mine else None}
     n = len(rows)
     return {
-        "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter,
+        "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter, "protocol": cfg.eval.protocol,
         "allocation": cfg.regime_w.allocation, "eval_prompt_share": cfg.rollouts.eval_prompt_share,
         "rows": n, "questions": len(by_q),
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
@@ -166,10 +146,8 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     sh = resolve_shard(shard)
     out = shard_path(cfg.path(r.output), sh)
     mode = check_output(out, resume=resume, overwrite=overwrite)
-    problems = load_split(cfg, r.split)
-    if r.limit:
-        problems = problems[: r.limit]
-    problems = take_shard(problems, sh)
+    task = GSM8K.from_config(cfg)
+    problems = take_shard(task.load(cfg, r.split, r.limit), sh)
     arms = {a.name: a for a in load_arms(w)}
     n_eval = eval_prompt_samples(r.k, r.eval_prompt_share)
     bandit = make_bandit(cfg)
@@ -177,7 +155,6 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     model, adapter_dir = load_model_with_adapter(cfg, r.adapter, merge=cfg.eval.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     model_id, adapter_id = cfg.model.name_or_path, str(adapter_dir) if adapter_dir else None
-    fmt = cfg.model.prompt_format
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
     timing = {"generate_seconds": 0.0, "score_seconds": 0.0}
@@ -195,7 +172,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                 if (row.get("model"), row.get("adapter")) != (model_id, adapter_id):
                     raise DataError(f"{out}:{i}: rollouts from model={row.get('model')!r} adapter={row.get('adapter')!r}, "
                                     f"but this run uses model={model_id!r} adapter={adapter_id!r} (use --overwrite or another output)")
-            save_resolved(cfg, out.parent, out.stem + ".resolved_config.yaml")  # only once the old rows are known to fit
+            save_resolved(cfg, out.parent, resolved_of(out).name)  # only once the old rows are known to fit
             update_bandit(bandit, old)
             texts_by_q: dict[str, dict[int, str]] = defaultdict(dict)
             for row in old:
@@ -212,7 +189,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                 allocation = bandit.allocate_round([p.question_id for p in part]) if bandit is not None else {}
                 for p in part:
                     allocated = [EVAL_ARM] * n_eval + allocation.get(p.question_id, [])
-                    eval_prompt = eval_prompts[p.question_id] = build_prompt(tokenizer, fmt, p.question)
+                    eval_prompt = eval_prompts[p.question_id] = task.prompt(tokenizer, p.question)
                     for idx in range(r.k):
                         if (p.question_id, idx) in sink:
                             continue
@@ -222,11 +199,11 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                             meta.append((p, idx, None, seed))
                         else:
                             arm = arms[allocated[idx]]
-                            reqs.append(GenRequest(build_prompt(tokenizer, fmt, p.question, arm.instruction), arm.temperature, arm.top_p, seed))
+                            reqs.append(GenRequest(task.prompt(tokenizer, p.question, arm.instruction), arm.temperature, arm.top_p, seed))
                             meta.append((p, idx, arm, seed))
                 tg = time.time()
                 results = generate(model, tokenizer, reqs, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                                   stop_strings=STOP_STRINGS[fmt], engine=cfg.eval.engine,
+                                   stop_strings=task.stop_strings, engine=cfg.eval.engine,
                                    desc=f"rollouts {min(start + step, len(todo))}/{len(todo)} questions")
                 timing["generate_seconds"] += time.time() - tg
                 new_by_q: dict[str, list[tuple]] = defaultdict(list)
@@ -241,9 +218,10 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     for _, idx, _, _, _, res in items:
                         group[idx] = res.text
                     groups[qid] = (p, group, sorted(group))
+                # each text's answer is extracted once, by the task, and grades `correct` and s_end alike
                 score_args = {qid: ((p.question, [group[i] for i in order], p.answer if w.cf_source == "reference" else None,
                                      weights, w.cf_perturbations),
-                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answer_mode": cfg.eval.answer_mode})
+                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answers": [task.extract(group[i]) for i in order]})
                               for qid, (p, group, order) in groups.items()}
                 if pool is not None and len(score_args) > 1:
                     futures = {qid: pool.submit(score_group, *a, **kw) for qid, (a, kw) in score_args.items()}
@@ -256,20 +234,20 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     p, group, order = groups[qid]
                     scores = dict(zip(order, scored[qid]))
                     for _, idx, arm, seed, req, res in items:
-                        sc = score_row(res.text, p.gold, cfg.eval.answer_mode)
                         sco = scores[idx]
+                        correct = task.is_correct(sco["answer"], p.gold)
                         temperature, top_p = (arm.temperature, arm.top_p) if arm is not None else (r.temperature, r.top_p)
-                        rows.append({
-                            "question_id": qid, "sample_idx": idx, "arm": arm.name if arm is not None else EVAL_ARM,
-                            "arm_family": arm.family if arm is not None else "eval",
-                            "prompt": req.prompt, "eval_prompt": eval_prompts[qid], "full_text": res.text,
-                            "reasoning": reasoning_of(res.text), "answer": sc["extracted_strict"] if cfg.eval.answer_mode == "strict" else sc["extracted_flexible"],
-                            "gold": p.gold, "correct": sc["correct"], "num_tokens": res.num_tokens, "finished": res.finished,
-                            "s_end": sco["s_end"], "s_path": sco["s_path"], "s_cf": sco["s_cf"], "s_wm": sco["s_wm"],
-                            "s_cf_free": sco["s_cf_free"], "n_unparsed": sco["n_unparsed"],
-                            "reward": compute_reward(sc["correct"], sco["s_wm"], res.num_tokens, w.alpha_correct, w.beta_coherence, w.length_penalty),
-                            "temperature": temperature, "top_p": top_p, "seed": seed, "model": model_id, "adapter": adapter_id,
-                        })
+                        rows.append(RolloutRow(
+                            question_id=qid, sample_idx=idx, arm=arm.name if arm is not None else EVAL_ARM,
+                            arm_family=arm.family if arm is not None else "eval",
+                            prompt=req.prompt, eval_prompt=eval_prompts[qid], full_text=res.text,
+                            reasoning=reasoning_of(res.text), answer=sco["answer"],
+                            gold=p.gold, correct=correct, num_tokens=res.num_tokens, finished=res.finished,
+                            s_end=sco["s_end"], s_path=sco["s_path"], s_cf=sco["s_cf"], s_wm=sco["s_wm"],
+                            s_cf_free=sco["s_cf_free"], n_unparsed=sco["n_unparsed"],
+                            reward=compute_reward(correct, sco["s_wm"], res.num_tokens, w.alpha_correct, w.beta_coherence, w.length_penalty),
+                            temperature=temperature, top_p=top_p, seed=seed, model=model_id, adapter=adapter_id,
+                        ))
                     texts_by_q[qid] = group
                 rows.sort(key=lambda x: (x["question_id"], x["sample_idx"]))
                 sink.write(rows)
@@ -282,15 +260,10 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     timing["other_seconds"] = seconds - timing["generate_seconds"] - timing["score_seconds"]
     summary = summarize(all_rows, bandit, run_tokens, seconds, cfg, timing)
     summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
-    atomic_write_json(out.with_name(out.stem + ".summary.json"), summary)
+    atomic_write_json(summary_of(out), summary)
     print_arm_table(summary)
     print(f"rollouts: {summary['rows']} rows -> {out}; mixed-correctness questions {summary['share_questions_mixed']:.1%}; "
           f"{summary['this_run']['tokens_per_s']} tok/s")
     if sh is not None:
         print(f"rollouts: shard {sh[0]}/{sh[1]} done; once all are: looper-math merge --kind rollouts --shards {sh[1]} {cfg.path(r.output)}")
     return summary
-
-
-def rollouts_complete(cfg: Config) -> bool:
-    out = cfg.path(cfg.rollouts.output)
-    return out.with_name(out.stem + ".summary.json").exists()

@@ -20,17 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-class OutputExistsError(RuntimeError):
-    """An output exists and neither --resume nor --overwrite was given."""
-
-
-class StaleOutputError(OutputExistsError):
-    """A finished output no longer matches the settings or inputs it would be reused with."""
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
+from looper_math.errors import DataError, OutputExistsError, StaleOutputError, UsageError  # noqa: F401 - re-exported (their home is errors.py)
 
 
 def _umask() -> int:
@@ -99,7 +89,7 @@ def safe_join(root: str | Path, name: str) -> Path:
     root = Path(root).resolve()
     p = (root / name).resolve()
     if Path(name).is_absolute() or not p.is_relative_to(root):
-        raise ValueError(f"path {name!r} escapes the run directory {root}")
+        raise DataError(f"path {name!r} escapes the run directory {root}")
     return p
 
 
@@ -113,7 +103,7 @@ def check_output(path: str | Path, *, resume: bool, overwrite: bool, resumable: 
     """
     path = Path(path)
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite are mutually exclusive")
+        raise UsageError("--resume and --overwrite are mutually exclusive")
     exists = path.exists() and (path.stat().st_size > 0 if path.is_file() else any(path.iterdir()))
     if not exists:
         return "fresh"
@@ -245,9 +235,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     try:
         i, n = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {spec!r}: expected i/n, e.g. 0/2") from None
+        raise UsageError(f"--shard {spec!r}: expected i/n, e.g. 0/2") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {spec!r}: need 0 <= i < n")
+        raise UsageError(f"--shard {spec!r}: need 0 <= i < n")
     return i, n
 
 
@@ -306,7 +296,7 @@ def merge_shards(output: Path, n: int, key_fields: tuple[str, ...], *, overwrite
     """
     output = Path(output)
     if n < 1:
-        raise ValueError(f"--shards {n}: need at least 1 shard")
+        raise UsageError(f"--shards {n}: need at least 1 shard")
     check_output(output, resume=False, overwrite=overwrite, resumable=False)
     seen: dict[tuple, str] = {}
     groups: list[list[list[str]]] = []  # per shard: rows grouped by key_fields[0], in file order

@@ -18,28 +18,18 @@ Assumptions and choices:
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from looper_math.config import Config, ConfigError, fingerprint
 from looper_math.data import load_split
+from looper_math.layout import rft_rollouts_config
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
-from looper_math.runio import DataError, check_output, read_jsonl
+from looper_math.runio import DataError, check_output
+from looper_math.schemas import RolloutRow, read_rows
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
                                       launched_state, loss_line, losses, peak_memory, peft_lora_config, prepare_output, save_final, resume_and_train)
-
-
-def rft_rollouts_config(cfg: Config) -> Config | None:
-    """The config of the rollouts that rejection-sampling SFT learns from (the base model, no adapter, written
-    to ``sft.rft_rollouts``), or None when ``sft.data`` uses no rft data."""
-    if "rft" not in cfg.sft.data.split("+"):
-        return None
-    c = copy.deepcopy(cfg)
-    c.rollouts.adapter = "none"
-    c.rollouts.output = cfg.sft.rft_rollouts
-    return c
 
 
 def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
@@ -53,10 +43,7 @@ def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[s
         if not path.exists():
             raise DataError(f"{path}: sft.data uses rft but the rollouts file is missing (run `looper-math rollouts "
                             f"--set rollouts.adapter=none --set rollouts.output=...` first, or `looper-math run`)")
-        for i, row in enumerate(read_jsonl(path), 1):
-            for f in ("question_id", "full_text", "correct", "finished", "reward", "gold"):
-                if f not in row:
-                    raise DataError(f"{path}:{i}: rollout row has no field '{f}'")
+        for row in read_rows(path, RolloutRow, ("question_id", "full_text", "correct", "finished", "reward", "gold")):
             if row["correct"] and row["finished"] and (question_ids is None or row["question_id"] in question_ids):
                 by_q.setdefault(row["question_id"], []).append(row)
     out: dict[str, list[str]] = {}
@@ -103,7 +90,7 @@ def build_dataset(cfg: Config, tokenizer):
 
     kept, dropped = drop_too_long(rows, length, cfg.sft.max_length)
     if not kept:
-        raise ValueError(f"sft: no training example fits sft.max_length={cfg.sft.max_length}")
+        raise DataError(f"sft: no training example fits sft.max_length={cfg.sft.max_length}")
     return datasets.Dataset.from_list(kept), dropped
 
 
@@ -143,10 +130,11 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         gradient_checkpointing=s.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, fp16=False, logging_steps=s.logging_steps, save_steps=s.save_steps,
         save_total_limit=s.save_total_limit, save_only_model=False, seed=s.seed, data_seed=s.seed,
-        report_to="none", completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
+        report_to=s.report_to, completion_only_loss=True, eos_token=chat_end_token(tokenizer) if cfg.model.prompt_format == "chat" else tokenizer.eos_token,
         dataset_num_proc=None, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every LoRA weight gets a gradient
+        **s.trainer_args,  # the rest of TRL's SFTConfig, as the config gives it (keys checked at load)
     )
     meter = Throughput()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,

@@ -21,22 +21,17 @@ sums the shards' tokens over the slowest shard's seconds (they ran in parallel).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from looper_math.errors import UsageError
+from looper_math.layout import resolved_of as _resolved_of
+from looper_math.layout import summary_of as _summary_of
 from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, merge_shards, read_jsonl, shard_path
+from looper_math.schemas import EVAL_KEY, ROLLOUT_KEY
 
-KINDS = ("rollouts", "eval")
-
-
-def _summary_of(path: Path) -> Path:
-    return path.with_name(path.stem + ".summary.json")
-
-
-def _resolved_of(path: Path) -> Path:
-    return path.with_name(path.stem + ".resolved_config.yaml")
-
-
-def _check_shards(kind: str, output: Path, n: int) -> tuple[list[dict], str, list[dict]]:
+def _check_shards(kind: Kind, output: Path, n: int) -> tuple[list[dict], str, list[dict]]:
     """All rows of all shards (validated), the shards' common resolved config text, their summaries."""
     rows: list[dict] = []
     resolved: str | None = None
@@ -53,7 +48,7 @@ def _check_shards(kind: str, output: Path, n: int) -> tuple[list[dict], str, lis
             summ = json.loads(sp.read_text())
         except ValueError:
             raise DataError(f"{sp}: not valid JSON; rerun shard {i}/{n} with --resume") from None
-        counted = summ.get("rows" if kind == "rollouts" else "n")
+        counted = summ.get(kind.count_key)
         if counted != len(part_rows):
             raise DataError(f"{part}: {len(part_rows)} rows but its summary counts {counted} "
                             f"(shard {i}/{n} not finished); rerun it with --resume")
@@ -77,71 +72,103 @@ def _this_run(summaries: list[dict]) -> dict:
             "shards": len(summaries), "note": "tokens summed over shards, seconds of the slowest shard (last run of each)"}
 
 
+def _check_rollouts(rows: list[dict], cfg, output: Path) -> None:
+    k = cfg.rollouts.k
+    groups: dict[str, set[int]] = {}
+    for row in rows:
+        groups.setdefault(row["question_id"], set()).add(row["sample_idx"])
+    for qid, idxs in groups.items():
+        if idxs != set(range(k)):
+            missing = sorted(set(range(k)) - idxs)
+            raise DataError(f"{output}: question {qid!r} has samples {sorted(idxs)[:10]}, expected 0..{k - 1}"
+                            + (f" (missing {missing[:10]})" if missing else ""))
+    made_by = {(r.get("model"), r.get("adapter")) for r in rows}
+    if len(made_by) > 1:
+        raise DataError(f"{output}: shards hold rollouts of several model/adapter pairs: {sorted(map(str, made_by))[:3]}")
+
+
+def _check_eval(rows: list[dict], cfg, output: Path) -> None:
+    checkpoints = {r.get("checkpoint") for r in rows}
+    if len(checkpoints) > 1:
+        raise DataError(f"{output}: shards hold rows of several checkpoints: {sorted(map(str, checkpoints))[:3]}")
+
+
+def _summarize_rollouts(merged: list[dict], cfg, run: dict, summaries: list[dict]) -> dict:
+    from looper_math.rollouts import make_bandit, summarize, update_bandit
+
+    bandit = make_bandit(cfg)
+    update_bandit(bandit, merged)  # the bandit statistics rebuilt from all rows
+    summary = summarize(merged, bandit, run["tokens"], run["seconds"], cfg)
+    summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
+    return summary
+
+
+def _summarize_eval(merged: list[dict], cfg, run: dict, summaries: list[dict]) -> dict:
+    from looper_math.evaluate import summarize
+
+    checkpoint = merged[0]["checkpoint"] if merged else None
+    summary = summarize(merged, checkpoint=checkpoint, cfg=cfg, run_tokens=run["tokens"], run_seconds=run["seconds"])
+    summary["settings_fingerprint"] = summaries[0].get("settings_fingerprint")  # the shards share one config (checked)
+    return summary
+
+
+def _say_rollouts(summary: dict, count: int, n: int, output: Path) -> None:
+    from looper_math.rollouts import print_arm_table
+
+    print_arm_table(summary)
+    print(f"merge: {count} rollouts of {summary['questions']} questions from {n} shards -> {output}")
+
+
+def _say_eval(summary: dict, count: int, n: int, output: Path) -> None:
+    lo, hi = summary["ci95"]
+    print(f"merge: eval [{summary['checkpoint']}] n={summary['n']} from {n} shards: accuracy {summary['accuracy']:.2%} "
+          f"(95% CI {lo:.2%}-{hi:.2%}) -> {output}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What merging one kind of sharded output needs: its row key, the summary field that counts rows, the
+    checks over all rows, the summary of the merged rows and the line that reports it."""
+
+    key: tuple[str, ...]
+    count_key: str
+    check: Callable[[list[dict], object, Path], None]
+    summarize: Callable[[list[dict], object, dict, list[dict]], dict]
+    say: Callable[[dict, int, int, Path], None]
+
+
+KIND = {
+    "rollouts": Kind(ROLLOUT_KEY, "rows", _check_rollouts, _summarize_rollouts, _say_rollouts),
+    "eval": Kind(EVAL_KEY, "n", _check_eval, _summarize_eval, _say_eval),
+}
+KINDS = tuple(KIND)
+
+
 def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> dict:
     """Validate the n shard files of OUTPUT, merge them into OUTPUT and write its summary; returns it."""
     from looper_math.config import ConfigError, load_config
 
-    if kind not in KINDS:
-        raise ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind not in KIND:
+        raise UsageError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     if n < 1:
-        raise ValueError(f"--shards {n}: need at least 1 shard")
+        raise UsageError(f"--shards {n}: need at least 1 shard")
+    spec = KIND[kind]
     output = Path(output)
     check_output(output, resume=False, overwrite=overwrite, resumable=False)  # refuse before reading anything
-    rows, resolved, summaries = _check_shards(kind, output, n)
+    rows, resolved, summaries = _check_shards(spec, output, n)
     first = _resolved_of(shard_path(output, (0, n)))
     try:
         cfg = load_config(first)
     except ConfigError as e:
         raise DataError(f"{first}: cannot read it back: {e}") from None
-
-    if kind == "rollouts":
-        from looper_math.rollouts import KEY, print_arm_table
-        from looper_math.rollouts import make_bandit, update_bandit
-        from looper_math.rollouts import summarize as summarize_rollouts
-
-        k = cfg.rollouts.k
-        groups: dict[str, set[int]] = {}
-        for row in rows:
-            groups.setdefault(row["question_id"], set()).add(row["sample_idx"])
-        for qid, idxs in groups.items():
-            if idxs != set(range(k)):
-                missing = sorted(set(range(k)) - idxs)
-                raise DataError(f"{output}: question {qid!r} has samples {sorted(idxs)[:10]}, expected 0..{k - 1}"
-                                + (f" (missing {missing[:10]})" if missing else ""))
-        made_by = {(r.get("model"), r.get("adapter")) for r in rows}
-        if len(made_by) > 1:
-            raise DataError(f"{output}: shards hold rollouts of several model/adapter pairs: {sorted(map(str, made_by))[:3]}")
-        key = KEY
-    else:
-        checkpoints = {r.get("checkpoint") for r in rows}
-        if len(checkpoints) > 1:
-            raise DataError(f"{output}: shards hold rows of several checkpoints: {sorted(map(str, checkpoints))[:3]}")
-        key = ("question_id",)
-
-    count = merge_shards(output, n, key, overwrite=overwrite)  # re-checks every key appears exactly once
+    spec.check(rows, cfg, output)
+    count = merge_shards(output, n, spec.key, overwrite=overwrite)  # re-checks every key appears exactly once
     merged = list(read_jsonl(output))
     run = _this_run(summaries)
-    if kind == "rollouts":
-        bandit = make_bandit(cfg)
-        update_bandit(bandit, merged)
-        summary = summarize_rollouts(merged, bandit, run["tokens"], run["seconds"], cfg)
-        summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
-    else:
-        from looper_math.evaluate import summarize as summarize_eval
-
-        checkpoint = merged[0]["checkpoint"] if merged else None
-        summary = summarize_eval(merged, checkpoint=checkpoint, cfg=cfg, run_tokens=run["tokens"], run_seconds=run["seconds"])
-        summary["settings_fingerprint"] = summaries[0].get("settings_fingerprint")  # the shards share one config (checked above)
+    summary = spec.summarize(merged, cfg, run, summaries)
     summary["this_run"] = run
     summary["merged_from"] = [shard_path(output, (i, n)).name for i in range(n)]
     atomic_write_text(_resolved_of(output), resolved)
     atomic_write_json(_summary_of(output), summary)
-    if kind == "rollouts":
-        print_arm_table(summary)
-        print(f"merge: {count} rollouts of {summary['questions']} questions from {n} shards -> {output}")
-    else:
-        lo, hi = summary["ci95"]
-        print(f"merge: eval [{summary['checkpoint']}] n={summary['n']} from {n} shards: accuracy {summary['accuracy']:.2%} "
-              f"(95% CI {lo:.2%}-{hi:.2%}) -> {output}")
+    spec.say(summary, count, n, output)
     return summary
-

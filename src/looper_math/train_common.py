@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from looper_math.errors import NonFiniteLossError  # noqa: F401 - re-exported (its home is errors.py)
+
+from looper_math.layout import summary_of
 from looper_math.runio import atomic_write_json, share_files
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; nothing was saved from that step on."""
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -197,7 +196,7 @@ def last_checkpoint(trainer_dir: Path) -> str | None:
 
 
 def is_complete(out_dir: Path) -> bool:
-    return (Path(out_dir) / "train_summary.json").exists()
+    return summary_of(Path(out_dir)).exists()
 
 
 def launched_state(device: str):
@@ -251,7 +250,7 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
     main = trainer.is_world_process_zero()
     tmp = out_dir / ".final.tmp"
     if main:
-        (out_dir / "train_summary.json").unlink(missing_ok=True)
+        summary_of(out_dir).unlink(missing_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
     trainer.accelerator.wait_for_everyone()
@@ -267,7 +266,7 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
             if f.is_file():
                 os.replace(f, out_dir / f.name)
         shutil.rmtree(tmp)
-        atomic_write_json(out_dir / "train_summary.json", summary)
+        atomic_write_json(summary_of(out_dir), summary)
     trainer.accelerator.wait_for_everyone()
 
 

@@ -48,13 +48,15 @@ rebuilds the stats by calling ``update`` on the rows already on disk, in file or
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from looper_math.config import RegimeWConfig
+from looper_math.seeds import stable_seed
+
+__all__ = ["Arm", "Bandit", "default_arms", "load_arms", "stable_seed"]
 
 FAMILIES = ("wolfram", "maudlin")
 ALLOCATIONS = ("uniform", "ucb", "thompson")
@@ -151,8 +153,9 @@ def default_arms() -> list[Arm]:
     ]
 
 
-def load_arms(cfg: RegimeWConfig) -> list[Arm]:
-    """Arms from ``regime_w.arms`` (a list of dicts), or the defaults when that list is empty.
+def load_arms(cfg: Any) -> list[Arm]:
+    """Arms from ``cfg.arms`` (the ``regime_w`` config section, or anything with an ``arms`` list of dicts),
+    or the defaults when that list is empty.
 
     Fails with a one-line ValueError naming ``regime_w.arms[i].field`` for a missing or unknown field,
     a wrong type, a family other than wolfram|maudlin, sampling settings out of range, an instruction
@@ -190,12 +193,6 @@ def load_arms(cfg: RegimeWConfig) -> list[Arm]:
             raise ValueError(f"{where}.name: duplicate arm name {d['name']!r}")
         arms.append(Arm(d["name"], d["family"], d["instruction"], float(d["temperature"]), float(d["top_p"])))
     return arms
-
-
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed from the parts' text (blake2b), stable across processes and Python versions."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 class Bandit:

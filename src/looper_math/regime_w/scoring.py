@@ -100,7 +100,7 @@ import numpy as np
 
 from looper_math.answers import answers_equal, extract_answer, gold_answer
 from looper_math.calculator import MAX_RESULT, CalculatorError, evaluate
-from looper_math.regime_w.arms import stable_seed
+from looper_math.seeds import stable_seed
 
 __all__ = ["Step", "extract_steps", "read_steps", "question_numbers", "score_group", "SMALL_CONSTANTS"]
 
@@ -526,8 +526,12 @@ def score_group(
     cf_perturbations: int = 3,
     seed: int = 0,
     answer_mode: str = "strict",
+    answers: list[str | None] | None = None,
 ) -> list[dict]:
-    """Score one question's trajectories (see the module docstring for every definition)."""
+    """Score one question's trajectories (see the module docstring for every definition).
+
+    ``answers``: the trajectories' final answers when the caller has extracted them already (the task's
+    extraction, so s_end agrees with what grades ``correct``); else extracted here in ``answer_mode``."""
     if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"score_group: weights must be three non-negative numbers with a positive sum, got {weights}")
     if cf_perturbations < 1:
@@ -535,7 +539,10 @@ def score_group(
     w_end, w_path, w_cf = (w / sum(weights) for w in weights)
     n = len(trajectories)
     qnums = question_numbers(question)
-    answers = [extract_answer(t, mode=answer_mode) for t in trajectories]
+    if answers is None:
+        answers = [extract_answer(t, mode=answer_mode) for t in trajectories]
+    elif len(answers) != len(trajectories):
+        raise ValueError(f"score_group: {len(answers)} answers for {len(trajectories)} trajectories")
     read = [read_steps(t) for t in trajectories]
     steps = [st for st, _ in read]
     unparsed = [u for _, u in read]

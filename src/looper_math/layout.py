@@ -1,0 +1,288 @@
+"""The run's layout: every output path, its summary and resolved config, and whether it is complete.
+
+One :class:`RunLayout` per config; phases, ``run``, ``merge`` and ``report`` ask it instead of building
+file names themselves. Names (relative paths resolve against ``run_dir``)::
+
+    <output>.jsonl                       rollouts, pairs, eval rows (rollouts.output, prefs.output, eval.*_output)
+    <output stem>.summary.json           its summary (written last: "complete")
+    <output stem>.resolved_config.yaml   the resolved config it ran with
+    <output stem>.shard-i-of-n.jsonl     a data-parallel shard (+ its own summary and resolved config)
+    <output_dir>/                        an adapter (sft.output_dir, dpo.output_dir, grpo.output_dir):
+        train_summary.json               written last: "complete"
+        resolved_config.yaml, log_history.json, trainer/checkpoint-N/
+    report/report.html                   the report (+ PNGs)
+
+Round r > 1 of ``looper-math run --rounds`` writes its rollouts, pairs, DPO adapter and DPO evaluation
+(``policy: dpo``), or its GRPO adapter and evaluation (``policy: grpo``), with a ``_r{r}`` suffix
+(:func:`round_config`). The base-model rollouts that rejection-sampling SFT learns
+from (``sft.data: rft``) are ``sft.rft_rollouts`` (:func:`rft_rollouts_config`).
+
+A run directory without a config (``looper-math report RUN_DIR``) is read through
+:meth:`RunLayout.discover`: the conventional folders only (``outputs/``, ``data/``, ``checkpoints/*/``), never
+a recursive walk and never a shard file.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from looper_math.config import Config, changed_settings, eval_phase
+from looper_math.runio import clear_output, read_json
+
+SHARD_TAG = ".shard-"
+
+
+def summary_of(path: Path) -> Path:
+    """The summary of an output: ``<stem>.summary.json`` beside a JSONL, ``train_summary.json`` in an adapter folder."""
+    path = Path(path)
+    return path / "train_summary.json" if path.suffix != ".jsonl" else path.with_name(path.stem + ".summary.json")
+
+
+def resolved_of(path: Path) -> Path:
+    """The resolved config written with an output (beside a JSONL, inside an adapter folder)."""
+    path = Path(path)
+    return path / "resolved_config.yaml" if path.suffix != ".jsonl" else path.with_name(path.stem + ".resolved_config.yaml")
+
+
+def _suffixed(path: str, r: int) -> str:
+    if r == 1:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}_r{r}{p.suffix}"))
+
+
+def round_config(cfg: Config, r: int) -> Config:
+    """The config of round r of ``run --rounds``: suffixed outputs, sampling from and starting at round r-1's adapter
+    (DPO's, or GRPO's with the next seed)."""
+    c = copy.deepcopy(cfg)
+    if r > 1:
+        c.rollouts.output = _suffixed(cfg.rollouts.output, r)
+        c.prefs.output = _suffixed(cfg.prefs.output, r)
+        c.dpo.output_dir = _suffixed(cfg.dpo.output_dir, r)
+        c.eval.dpo_output = _suffixed(cfg.eval.dpo_output, r)
+        prev = str(cfg.path(_suffixed(cfg.dpo.output_dir, r - 1)))
+        c.rollouts.adapter = prev
+        c.dpo.init_adapter = prev
+        c.grpo.output_dir = _suffixed(cfg.grpo.output_dir, r)
+        c.eval.grpo_output = _suffixed(cfg.eval.grpo_output, r)
+        c.grpo.init_adapter = str(cfg.path(_suffixed(cfg.grpo.output_dir, r - 1)))
+        c.grpo.seed = cfg.grpo.seed + r - 1  # other questions in another order
+    return c
+
+
+def rft_rollouts_config(cfg: Config) -> Config | None:
+    """The config of the rollouts that rejection-sampling SFT learns from (the base model, no adapter, written
+    to ``sft.rft_rollouts``), or None when ``sft.data`` uses no rft data."""
+    if "rft" not in cfg.sft.data.split("+"):
+        return None
+    c = copy.deepcopy(cfg)
+    c.rollouts.adapter = "none"
+    c.rollouts.output = cfg.sft.rft_rollouts
+    return c
+
+
+@dataclass
+class Output:
+    """One output of a phase: where it is, its summary and resolved config, and how to tell it is current."""
+
+    cfg: Config | None  # None for an output found by RunLayout.discover (no config known)
+    phase: str  # its config.PHASE_SETTINGS key
+    path: Path  # the JSONL file or the adapter folder
+    count_key: str | None = None  # the summary field that counts the JSONL's rows
+    inputs: tuple[Path, ...] = ()  # summaries of the outputs it was built from
+    label: str = ""  # what the report calls it (base, sft, dpo, dpo_r2, ...)
+
+    @property
+    def summary(self) -> Path:
+        return summary_of(self.path)
+
+    @property
+    def resolved(self) -> Path:
+        return resolved_of(self.path)
+
+    @property
+    def complete(self) -> bool:
+        """Its summary exists (every phase writes it last)."""
+        return self.summary.exists()
+
+    def problem(self) -> str | None:
+        """Why a complete output is not current (None when it is): settings changed, an input is newer, or the
+        JSONL does not hold the rows its summary counts."""
+        for f in (self.summary, self.resolved):
+            if not f.exists():
+                return f"{f} is missing, so its settings are unknown"
+        if self.cfg is not None:
+            changed = changed_settings(self.cfg, self.phase, self.resolved)
+            if changed:
+                return "settings changed since it ran: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+        t = self.summary.stat().st_mtime_ns
+        newer = [f for f in self.inputs if f.exists() and f.stat().st_mtime_ns > t]
+        if newer:
+            return f"its input {newer[0]} is newer than it"
+        if self.count_key is not None:
+            want = read_json(self.summary)[self.count_key]
+            with open(self.path, "rb") as f:
+                have = sum(1 for line in f if line.strip())
+            if have != want:
+                return f"{self.path} holds {have} rows but {self.summary.name} counts {want}"
+        return None
+
+    def clear(self) -> None:
+        for f in (self.path, self.summary, self.resolved):
+            clear_output(f)
+
+    def files(self) -> list[Path]:
+        """The files of it the report reads (for report freshness)."""
+        if self.path.suffix == ".jsonl":
+            return [self.path, self.summary, self.resolved]
+        return [self.summary, self.resolved, self.path / "log_history.json"]
+
+
+@dataclass
+class RunLayout:
+    """Every output of a run of ``cfg`` with ``rounds`` rounds of rollouts -> pairs -> DPO."""
+
+    cfg: Config | None
+    rounds: int = 1
+    run_dir: Path = field(default=Path("."))
+    _found: dict[str, list[Output]] | None = None  # RunLayout.discover only
+
+    def __post_init__(self):
+        if self.cfg is not None:
+            self.run_dir = Path(self.cfg.run_dir)
+
+    # ---- one output each
+    def rollouts_base(self) -> Output | None:
+        """The base model's rollouts that rft SFT learns from, or None when sft.data uses no rft data."""
+        c0 = rft_rollouts_config(self.cfg)
+        return None if c0 is None else Output(c0, "rollouts_base", c0.path(c0.rollouts.output), "rows", label="rollouts_base")
+
+    def sft(self) -> Output:
+        rb = self.rollouts_base()
+        return Output(self.cfg, "sft", self.cfg.path(self.cfg.sft.output_dir), None, (rb.summary,) if rb else (), "sft")
+
+    def eval(self, adapter: str | None, r: int = 1) -> Output:
+        """The evaluation of ``adapter`` (sft | dpo | grpo | none | a path); ``dpo`` / ``grpo`` of round ``r``."""
+        c = round_config(self.cfg, r) if adapter in ("dpo", "grpo") else self.cfg
+        name = {None: c.eval.base_output, "none": c.eval.base_output, "sft": c.eval.sft_output, "dpo": c.eval.dpo_output,
+                "grpo": c.eval.grpo_output}.get(adapter)
+        if name is None:
+            name = f"outputs/{Path(adapter).name}_eval.jsonl"
+        inputs = {"sft": lambda: (self.sft().summary,), "dpo": lambda: (self.dpo(r).summary,),
+                  "grpo": lambda: (self.grpo(r).summary,)}.get(str(adapter), lambda: ())()
+        label = {None: "base", "none": "base", "sft": "sft", "dpo": "dpo" + _tag(r), "grpo": "grpo" + _tag(r)}.get(
+            adapter, Path(adapter or "").name)
+        return Output(c, eval_phase(adapter), c.path(name), "n", inputs, label)
+
+    def rollouts(self, r: int = 1) -> Output:
+        c = round_config(self.cfg, r)
+        return Output(c, "rollouts", c.path(c.rollouts.output), "rows", (self._adapter_summary(r),), "rollouts" + _tag(r))
+
+    def prefs(self, r: int = 1) -> Output:
+        c = round_config(self.cfg, r)
+        return Output(c, "prefs", c.path(c.prefs.output), "pairs", (self.rollouts(r).summary,), "pairs" + _tag(r))
+
+    def dpo(self, r: int = 1) -> Output:
+        c = round_config(self.cfg, r)
+        return Output(c, "dpo", c.path(c.dpo.output_dir), None, (self.prefs(r).summary, self._adapter_summary(r)), "dpo" + _tag(r))
+
+    def grpo(self, r: int = 1) -> Output:
+        c = round_config(self.cfg, r)
+        start = self.sft().summary if r == 1 else self.grpo(r - 1).summary
+        return Output(c, "grpo", c.path(c.grpo.output_dir), None, (start,), "grpo" + _tag(r))
+
+    def _adapter_summary(self, r: int) -> Path:
+        """The adapter round r samples from and starts DPO from: SFT for round 1, round r-1's DPO after."""
+        return self.sft().summary if r == 1 else self.dpo(r - 1).summary
+
+    def policy_rounds(self, policy: str) -> range:
+        """The rounds of ``policy`` this run makes: all of them for the config's policy, round 1 of the other
+        (its standalone command, e.g. `looper-math grpo` beside DPO rounds)."""
+        return range(1, (self.rounds if self.cfg.policy == policy else 1) + 1)
+
+    # ---- groups the pipeline and the report iterate
+    def evals(self) -> list[Output]:
+        if self._found is not None:
+            return self._found["eval"]
+        return [self.eval("none"), self.eval("sft"), *(self.eval("dpo", r) for r in self.policy_rounds("dpo")),
+                *(self.eval("grpo", r) for r in self.policy_rounds("grpo"))]
+
+    def trainings(self) -> list[Output]:
+        if self._found is not None:
+            return self._found["train"]
+        return [self.sft(), *(self.dpo(r) for r in self.policy_rounds("dpo")), *(self.grpo(r) for r in self.policy_rounds("grpo"))]
+
+    def rollouts_files(self) -> list[Output]:
+        if self._found is not None:
+            return self._found["rollouts"]
+        base = self.rollouts_base()
+        return [*(self.rollouts(r) for r in reversed(self.policy_rounds("dpo"))), *([base] if base else [])]  # newest round first
+
+    def prefs_files(self) -> list[Output]:
+        if self._found is not None:
+            return self._found["prefs"]
+        return [self.prefs(r) for r in reversed(self.policy_rounds("dpo"))]
+
+    def all_outputs(self) -> list[Output]:
+        return [*self.trainings(), *self.evals(), *self.rollouts_files(), *self.prefs_files()]
+
+    @property
+    def smoke(self) -> bool:
+        """A smoke run: the config says so, or (a discovered run dir) a resolved config of one of its outputs does."""
+        if self.cfg is not None:
+            return self.cfg.smoke
+        from looper_math.config import yaml_load
+
+        for f in [self.run_dir / "resolved_config.yaml", *(o.resolved for o in self.all_outputs())]:
+            if f.is_file():
+                tree = yaml_load(f.read_text())
+                if isinstance(tree, dict) and tree.get("smoke") is True:
+                    return True
+        return False
+
+    # ---- the report
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / "report"
+
+    def report_is_current(self, out_dir: Path | None = None) -> bool:
+        """The report page exists and none of the files it is built from is newer (only those: not the whole tree)."""
+        page = Path(out_dir or self.report_dir) / "report.html"
+        if not page.exists():
+            return False
+        t = page.stat().st_mtime_ns
+        return not any(f.exists() and f.stat().st_mtime_ns > t for o in self.all_outputs() for f in o.files())
+
+    @classmethod
+    def discover(cls, run_dir: Path) -> RunLayout:
+        """The outputs of a run directory whose config is unknown, found by the conventional names only:
+        ``outputs/*eval*.jsonl|summary.json``, ``data/*rollouts*.jsonl``, ``data/*preferences*.jsonl``,
+        ``checkpoints/*/`` with a ``log_history.json``; shard files are left out (``looper-math merge`` makes
+        the one output they are part of)."""
+        run_dir = Path(run_dir)
+
+        def plain(paths) -> list[Path]:
+            return sorted(p for p in paths if SHARD_TAG not in p.name)
+
+        evals = {p.with_name(p.name[: -len(".summary.json")] + ".jsonl")
+                 for p in plain((run_dir / "outputs").glob("*eval*.summary.json"))}
+        found = {
+            "eval": [Output(None, "eval", p, "n", label=p.stem) for p in sorted(evals)],
+            "rollouts": [Output(None, "rollouts", p, "rows", label=p.stem)
+                         for p in sorted(plain((run_dir / "data").glob("*rollouts*.jsonl")), key=_newest_first)],
+            "prefs": [Output(None, "prefs", p, "pairs", label=p.stem)
+                      for p in sorted(plain((run_dir / "data").glob("*preferences*.jsonl")), key=_newest_first)],
+            "train": [Output(None, "train", f.parent, label=f.parent.name)
+                      for f in sorted((run_dir / "checkpoints").glob("*/log_history.json"))],
+        }
+        return cls(None, run_dir=run_dir, _found=found)
+
+
+def _newest_first(p: Path) -> tuple[float, str]:
+    return (-p.stat().st_mtime, p.name)
+
+
+def _tag(r: int) -> str:
+    return "" if r == 1 else f"_r{r}"

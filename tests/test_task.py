@@ -1,0 +1,145 @@
+"""The task object (task.GSM8K): prompts and grading under both protocols; stats; the import rule."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from looper_math.answers import extract_answer
+from looper_math.task import PLATINUM_TEMPLATE, GSM8K, platinum_correct, platinum_parse
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "looper_math"
+PHASES = ("sft", "rollouts", "preferences", "dpo", "grpo", "evaluate")
+
+
+@pytest.mark.parametrize("output, parsed", [
+    # "Answer: N" as asked; the last "answer: " wins
+    ("Step 1: 3 + 4 = 7.\nAnswer: 7", "7"),
+    ("I first thought Answer: 5 but no.\nAnswer: 12", "12"),
+    ("**Answer:** 1,234", "1234"),  # '*' ignored when looking for "answer:"; ',' stripped
+    ("answer: $18.00", "18"),  # '$' skipped by the regex, trailing .00 dropped
+    ("Answer: -3 apples", "-3"),
+    ("Answer: 2.50", "2.50"),  # only a trailing .0+ is dropped
+    ("Answer: \\boxed{42}", "42"),  # a box after "answer: " gives its content
+    ("ANSWER: 9 (nine)", "9"),
+    ("Answer:42", "42"),  # quirk kept: "answer:" without a space reads the first number of the whole text
+    ("Total is 10.\nAnswer:42", "10"),
+    # no "answer:": the first \boxed{...}
+    ("so the total is \\boxed{15} dollars", "15"),
+    ("\\boxed{\\text{30}} is it", "30"),
+    # neither: the last line
+    ("3 + 4 = 7\nThe total is 7 + 2 = 9", "7"),  # first number of the last line
+    ("#### 1,000", "1000"),  # '#' and ',' stripped: GSM8K's own final line parses too
+    ("The result is 5.0.\n", "5"),
+    ("1.2.3", "1.2.3"),  # the regex takes it; the float compare fails later
+    ("no number here", None),  # the harness's "parsing error"
+    ("", None),
+])
+def test_platinum_parse_matches_the_harness(output, parsed):
+    assert platinum_parse(output) == parsed
+
+
+def test_platinum_correct_compares_floats():
+    assert platinum_correct("18", "18") and platinum_correct("18.0", "18") and platinum_correct("-3", "-3")
+    assert not platinum_correct("1.2.3", "1") and not platinum_correct(None, "1") and not platinum_correct("17", "18")
+
+
+class _ChatTok:
+    chat_template = "x"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<user>{messages[0]['content']}</user><assistant>"
+
+
+def test_platinum_prompt_is_the_harness_template():
+    q = "Tom has 3 apples and buys 4. How many?"
+    plain = GSM8K("plain", "flexible", "platinum").prompt(None, q)
+    assert plain == PLATINUM_TEMPLATE.format(question=q) + "\n"
+    assert plain.startswith("Solve the following math word problem.\n\n" + q + "\n\nThink step-by-step. Then, provide")
+    assert plain.rstrip().endswith('in the format "Answer: XXX" with no extra formatting.')
+    chat = GSM8K("chat", "flexible", "platinum").prompt(_ChatTok(), q)
+    assert chat == f"<user>{PLATINUM_TEMPLATE.format(question=q)}</user><assistant>"
+    # arm prompts keep their instruction under either protocol
+    assert "Show every step" in GSM8K("abel", "flexible", "platinum").prompt(None, q, "Show every step. #### N")
+
+
+def test_default_protocol_keeps_answer_mode_grading():
+    text = "3 + 4 = 7\nThe answer is 7"
+    g = GSM8K("abel", "strict", "default").grade(text, "7")
+    assert (g.extracted, g.correct, g.correct_strict, g.correct_flexible) == (None, False, False, True)
+    g = GSM8K("abel", "flexible", "default").grade(text, "7")
+    assert (g.extracted, g.correct) == ("7", True)
+    assert GSM8K("abel", "flexible").extract(text) == extract_answer(text, "flexible")
+
+
+def test_platinum_protocol_grades_with_the_harness_parser():
+    task = GSM8K("plain", "flexible", "platinum")
+    g = task.grade("7 + 5 = 12\nAnswer: 12\n#### 13", "12")
+    assert g.correct and g.extracted == "12" and g.extracted_strict == "13" and not g.correct_strict
+    assert task.is_correct(task.extract("Answer: 5"), "5")
+
+
+def test_unknown_protocol_is_refused():
+    with pytest.raises(ValueError, match="eval.protocol"):
+        GSM8K("abel", "flexible", "lenient")
+
+
+def test_eval_protocol_is_a_checked_config_key():
+    from looper_math.config import ConfigError, load_config
+
+    assert load_config(None).eval.protocol == "default"
+    assert load_config(None, ["eval.protocol=platinum"]).eval.protocol == "platinum"
+    with pytest.raises(ConfigError, match="eval.protocol"):
+        load_config(None, ["eval.protocol=harness"])
+
+
+def test_stats_live_in_stats_and_compare_reexports_them():
+    from looper_math import compare, stats
+
+    assert compare.wilson_ci is stats.wilson_ci and compare.mcnemar_exact_p is stats.mcnemar_exact_p
+    assert stats.auroc([0.1, 0.9], [False, True]) == 1.0 and stats.auroc([0.5], [True]) is None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+            mods.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names)
+    return mods
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_no_phase_module_imports_another_phase_module(phase):
+    """Phases share code through task, stats, schemas, layout, ... never through each other (any import,
+    also one inside a function)."""
+    mods = _imported_modules(SRC / f"{phase}.py")
+    others = {f"looper_math.{p}" for p in PHASES if p != phase}
+    assert not mods & others, f"{phase}.py imports {sorted(mods & others)}"
+
+
+def test_regime_w_is_self_contained():
+    """regime_w imports no config, phase or orchestration module (only leaf helpers)."""
+    allowed = {"looper_math.answers", "looper_math.calculator", "looper_math.seeds"}
+    for f in (SRC / "regime_w").glob("*.py"):
+        ours = {m for m in _imported_modules(f) if m.startswith("looper_math.") and not m.startswith("looper_math.regime_w")}
+        ours = {m for m in ours if not any(m == a or m.startswith(a + ".") for a in allowed)}
+        assert not ours, f"{f.name} imports {sorted(ours)}"
+
+
+def test_eval_under_the_platinum_protocol_grades_with_its_parser(smoke_cfg):
+    from looper_math.evaluate import evaluate
+    from looper_math.layout import RunLayout
+    from looper_math.schemas import EvalRow, read_rows
+
+    cfg = smoke_cfg("eval.protocol=platinum", "eval.limit=4", "eval.max_new_tokens=24")
+    summary = evaluate(cfg, "none")
+    assert summary["protocol"] == "platinum" and summary["n"] == 4
+    rows = list(read_rows(RunLayout(cfg).eval("none").path, EvalRow))
+    for r in rows:
+        assert r["extracted"] == platinum_parse(r["prediction"])
+        assert r["correct"] == platinum_correct(r["extracted"], r["gold"])
