@@ -303,10 +303,12 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=1", "grpo.num_generations=4", "grpo.batch_size=8",
                     "grpo.max_completion_length=24", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
                     "grpo.temperature=1.5", "regime_w.length_penalty=0.05", "grpo.warmup_ratio=0", "grpo.reward=regime_w",
-                    f"grpo.generation={generation}")
+                    f"grpo.generation={generation}", "grpo.report_to=tensorboard", "grpo.trainer_args={loss_type: dr_grpo}")
     train_sft(cfg)
     summary = train_grpo(cfg)
     assert summary["steps"] == 1 and summary["generation"] == generation
+    events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))
+    assert events, "grpo.report_to=tensorboard wrote no event file"
     sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
     grpo = load_file(cfg.path(cfg.grpo.output_dir) / "adapter_model.safetensors")
     assert any(not torch.equal(grpo[k], sft[k]) for k in sft), "GRPO did not move the adapter"

@@ -1,4 +1,4 @@
-"""Trainer settings: sft/dpo.trainer_args pass through to TRL's own config classes (checked at load), and
+"""Trainer settings: sft/dpo/grpo.trainer_args pass through to TRL's own config classes (checked at load), and
 sft/dpo.report_to sends the metrics to TensorBoard (event files actually written, on CPU)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from looper_math.config import TRAINER_ARGS_OWNED, ConfigError, load_config, pha
 SRC = Path(__file__).resolve().parents[1] / "src" / "looper_math"
 
 
-@pytest.mark.parametrize("section, module, cls", [("sft", "sft.py", "SFTConfig"), ("dpo", "dpo.py", "DPOConfig")])
+@pytest.mark.parametrize("section, module, cls", [("sft", "sft.py", "SFTConfig"), ("dpo", "dpo.py", "DPOConfig"),
+                                                  ("grpo", "grpo.py", "GRPOConfig")])
 def test_owned_keys_are_the_arguments_the_phase_sets(section, module, cls):
     calls = [n for n in ast.walk(ast.parse((SRC / module).read_text()))
              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == cls]
@@ -29,6 +30,9 @@ def test_trainer_args_are_checked_against_trl_when_the_config_loads():
         load_config(None, ["sft.trainer_args={optimizer: adamw_torch}"])
     with pytest.raises(ConfigError, match=r"'dpo.trainer_args.beta': set by looper-math"):
         load_config(None, ["dpo.trainer_args={beta: 0.3}"])
+    assert load_config(None, ["grpo.trainer_args={loss_type: dr_grpo}"]).grpo.trainer_args == {"loss_type": "dr_grpo"}
+    with pytest.raises(ConfigError, match=r"'grpo.trainer_args.num_generations': set by looper-math"):
+        load_config(None, ["grpo.trainer_args={num_generations: 4}"])
     with pytest.raises(ConfigError, match=r"sft.trainer_args"):
         load_config(None, ["sft.trainer_args=[optim]"])
     with pytest.raises(ConfigError, match=r"'sft.report_to': got 'tensorbored'"):

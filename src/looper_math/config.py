@@ -201,6 +201,8 @@ class GRPOConfig:
     logging_steps: Count = _f(5, "Log every N steps.")
     save_steps: Count = _f(100, "Checkpoint every N steps.")
     seed: NonNeg = _f(42, "Training seed (and the seed of s_cf's perturbations).")
+    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, rewards, completion lengths, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/) | wandb | trackio.")
+    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's GRPOConfig, passed through as given (e.g. {loss_type: dr_grpo, scale_rewards: batch, epsilon_high: 0.28}); checked against GRPOConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
 
 
 @dataclass
@@ -344,8 +346,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 # The TRL config class of each section with `trainer_args`, and the arguments the phase sets itself from its own
-# settings (tests/test_trainer_args.py checks these lists against the calls in sft.py and dpo.py).
-TRAINER_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig"}
+# settings (tests/test_trainer_args.py checks these lists against the calls in sft.py, dpo.py and grpo.py).
+TRAINER_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
 TRAINER_ARGS_OWNED = {
     "sft": frozenset({
         "output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
@@ -360,6 +362,12 @@ TRAINER_ARGS_OWNED = {
         "max_grad_norm", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "logging_steps",
         "save_steps", "save_total_limit", "seed", "data_seed", "report_to", "use_cpu", "logging_nan_inf_filter",
         "ddp_find_unused_parameters"}),
+    "grpo": frozenset({
+        "output_dir", "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "max_completion_length",
+        "temperature", "beta", "max_grad_norm", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16",
+        "logging_steps", "save_steps", "save_total_limit", "seed", "data_seed", "report_to", "use_cpu",
+        "logging_nan_inf_filter", "ddp_find_unused_parameters", "disable_dropout"}),
 }
 
 
@@ -442,7 +450,7 @@ NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps
                           "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
                           "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
                           "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "eval.grpo_output",
-                          "rollouts.score_workers", "sft.report_to", "dpo.report_to"})  # sft.rft_extra stays a setting: it changes the data
+                          "rollouts.score_workers", "sft.report_to", "dpo.report_to", "grpo.report_to"})  # sft.rft_extra stays a setting: it changes the data
 
 
 def eval_phase(adapter: str | None) -> str:
