@@ -197,14 +197,9 @@ def main() -> None:
                 hf_cb.append(hf_row("hf_generate_batch", row, s))
         hf_batches = [int(b) for b in (args.hf_batches or ("4,8" if tiny else "64,512")).split(",")]
         for b in hf_batches:
-            for case, ps in cases.items():
-                if late():
-                    report("hf_static_compile", batch=b, case=case, error="skipped: --deadline-s reached")
-                    continue
-                row = hf_static_compile(model, tok, ps, batch=b, new=new, compile_on_cpu=args.tiny_compile)
-                hf_static.append(hf_row("hf_static_compile", dict(row, case=case), b))
-                if "error" in row:
-                    break  # the other case at this batch would fail the same way
+            for row in hf_static_compile(model, tok, cases, batch=b, new=new, compile_on_cpu=args.tiny_compile,
+                                         deadline=late):
+                hf_static.append(hf_row("hf_static_compile", row, b))
 
     # ---- summary ---------------------------------------------------------------------------------------------
     fast_rows = [r for r in (best, shared) if r]

@@ -52,18 +52,18 @@ def _drop_hf_state(model) -> None:
 
 
 # ---- a) static cache + torch.compile ------------------------------------------------------------------
-def hf_static_compile(model, tok, prompts: list[str], *, batch: int, new: int, compile_on_cpu: bool) -> dict:
-    """All ``prompts`` (one request each) in batches of ``batch`` (the remainder is dropped so every
-    call has the compiled shape). Forced length (min_new_tokens = max_new_tokens), sampled at T=1."""
+def hf_static_compile(model, tok, cases: dict[str, list[str]], *, batch: int, new: int, compile_on_cpu: bool,
+                      deadline=lambda: False) -> list[dict]:
+    """Each case's prompts (one request each) in batches of ``batch`` (the remainder is dropped so every
+    call has the compiled shape). Forced length (min_new_tokens = max_new_tokens), sampled at T=1. The
+    first call (first case, first batch) compiles and records the CUDA graph (``first_call_s``,
+    ``compile_s`` = that minus a warm batch); the cases then reuse the compiled call. One row per case."""
     from transformers import GenerationConfig
 
     try:
         from transformers import CompileConfig
     except ImportError:
         from transformers.generation.configuration_utils import CompileConfig
-    n = len(prompts) // batch * batch
-    if n == 0:
-        return {"error": f"fewer requests ({len(prompts)}) than batch {batch}"}
     cuda = model.device.type == "cuda"
     cc = CompileConfig(fullgraph=True, mode="reduce-overhead" if cuda else "default", dynamic=False)
     compiled = cuda or compile_on_cpu
@@ -72,28 +72,44 @@ def hf_static_compile(model, tok, prompts: list[str], *, batch: int, new: int, c
     gen = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_p=1.0,
                            top_k=0, pad_token_id=0, cache_implementation="static",
                            compile_config=cc if compiled else None, disable_compile=not compiled)
-    batches = [tok(prompts[i : i + batch], return_tensors="pt").to(model.device) for i in range(0, n, batch)]
-    row = dict(batch=batch, requests=n, compile_mode=cc.mode if compiled else "none (CPU; --tiny-compile)",
-               fullgraph=True)
+    common = dict(batch=batch, compile_mode=cc.mode if compiled else "none (CPU; --tiny-compile compiles)",
+                  fullgraph=True, dynamic=False)
+    rows, first_s = [], None
     try:
-        reset_peak()
-        with torch.no_grad():
-            with Timer() as first:  # compile + CUDA-graph recording at this shape
-                out = model.generate(**batches[0], generation_config=gen)
-            assert out.shape[1] - batches[0]["input_ids"].shape[1] == new, "forced length not respected"
-            with Timer() as warm:
-                for enc in batches:
-                    out = model.generate(**enc, generation_config=gen)
-        per_batch = warm.seconds / len(batches)
-        row.update(compiled_call=hasattr(model, "_compiled_call"), first_call_s=round(first.seconds, 2),
-                   compile_s=round(first.seconds - per_batch, 2), seconds=round(warm.seconds, 2),
-                   tokens=n * new, tok_s=round(n * new / warm.seconds, 1), peak_gib=peak_gib())
-    except Exception as e:  # noqa: BLE001 -- OOM, compile failure, API change: report, don't crash the run
-        row["error"] = _err(e)
-        row["trace"] = traceback.format_exc(limit=3)[-600:]
+        for case, prompts in cases.items():
+            n = len(prompts) // batch * batch
+            row = dict(common, case=case, requests=n)
+            rows.append(row)
+            if n == 0:
+                row["error"] = f"fewer requests ({len(prompts)}) than batch {batch}"
+                continue
+            if deadline():
+                row["error"] = "skipped: --deadline-s reached"
+                continue
+            batches = [tok(prompts[i : i + batch], return_tensors="pt").to(model.device) for i in range(0, n, batch)]
+            try:
+                reset_peak()
+                with torch.no_grad():
+                    if first_s is None:
+                        with Timer() as first:  # compile + CUDA-graph recording at this shape
+                            out = model.generate(**batches[0], generation_config=gen)
+                        assert out.shape[1] - batches[0]["input_ids"].shape[1] == new, "forced length not respected"
+                        first_s = first.seconds
+                    with Timer() as warm:
+                        for enc in batches:
+                            out = model.generate(**enc, generation_config=gen)
+                per_batch = warm.seconds / len(batches)
+                if case == next(iter(cases)):
+                    row.update(first_call_s=round(first_s, 2), compile_s=round(first_s - per_batch, 2))
+                row.update(compiled_call=hasattr(model, "_compiled_call"), seconds=round(warm.seconds, 2),
+                           tokens=n * new, tok_s=round(n * new / warm.seconds, 1), peak_gib=peak_gib())
+            except Exception as e:  # noqa: BLE001 -- OOM, compile failure, API change: report, don't crash
+                row["error"] = _err(e)
+                row["trace"] = traceback.format_exc(limit=3)[-600:]
+                break  # the other case at this batch would fail the same way
     finally:
         _drop_hf_state(model)
-    return row
+    return rows
 
 
 # ---- b) generate_batch (continuous batching, paged attention) ---------------------------------------
