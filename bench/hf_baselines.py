@@ -113,10 +113,13 @@ def hf_static_compile(model, tok, cases: dict[str, list[str]], *, batch: int, ne
 
 
 # ---- b) generate_batch (continuous batching, paged attention) ---------------------------------------
-def _cb_options(model, *, slots: int) -> dict:
+CB_VARIANTS = ("cuda_graph", "auto")  # graphs forced on (both paths) / the library's own choice (off with SDPA)
+
+
+def _cb_options(model, *, slots: int, variant: str) -> dict:
     cuda = model.device.type == "cuda"
     return dict(
-        use_cuda_graph=cuda,  # both paths (varlen prefill and decode) where the version splits them
+        use_cuda_graph=cuda if variant == "cuda_graph" else None,  # None: transformers decides
         max_requests_per_batch=slots,  # the same concurrency as the fast engine
         allow_block_sharing=True,  # prefix caching: the k samples of a prompt share its blocks
         # num_blocks / max_batch_tokens: left to the library (sized from free GPU memory)
@@ -125,68 +128,97 @@ def _cb_options(model, *, slots: int) -> dict:
     )
 
 
-def hf_generate_batch(model, tok, cases: dict[str, list[str]], *, new: int, slots: int) -> list[dict]:
-    """One manager (persistent) for all cases: a warm-up call on the first case (its CUDA-graph
-    capture and any lazy allocation), then one timed call per case. Returns one row per case."""
+def _resolved(model) -> dict:
+    """What the persistent manager resolved (graphs, async, cache size), where this version exposes it."""
+    m = getattr(model, "_cached_continuous_batching_manager", None)
+    out = {}
+    cfg = getattr(m, "continuous_batching_config", None)
+    for k in ("use_cuda_graph", "use_async_batching", "max_requests_per_batch", "max_blocks_per_request",
+              "q_padding_interval_size", "kv_padding_interval_size", "max_memory_percent"):
+        if cfg is not None and hasattr(cfg, k):
+            out[k] = getattr(cfg, k)
+    cache = getattr(getattr(m, "batch_processor", None), "cache", None)
+    for k in ("num_blocks", "max_batch_tokens", "block_size", "page_size", "num_pages"):
+        if cache is not None and isinstance(getattr(cache, k, None), int):
+            out[f"cache_{k}"] = getattr(cache, k)
+    return out
+
+
+def hf_generate_batch(model, tok, cases: dict[str, list[str]], *, new: int, slots: int, warmup_requests: int = 64,
+                      variants=CB_VARIANTS, deadline=lambda: False) -> list[dict]:
+    """Per variant, one manager (persistent) for all cases: a warm-up call on the first
+    ``warmup_requests`` of the first case (manager, paged cache, CUDA-graph capture: ``warmup_call_s``),
+    then one timed call per case. Returns one row per (variant, case)."""
     from transformers import GenerationConfig
 
     if not hasattr(model, "generate_batch"):
         return [{"case": c, "error": "unavailable: model.generate_batch missing in this transformers"} for c in cases]
-    opts = _cb_options(model, slots=slots)
     try:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
     except ImportError:
         ContinuousBatchingConfig = None
-    # EOS disabled (-1): every request runs to max_new_tokens (CB drops the min_new_tokens processor)
-    gen_kw = dict(max_new_tokens=new, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=-1,
-                  pad_token_id=0)
     sig = inspect.signature(model.generate_batch).parameters
-    call_kw, dropped = {}, []
-    if ContinuousBatchingConfig is not None and dataclasses.is_dataclass(ContinuousBatchingConfig):
-        known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
-        cb = ContinuousBatchingConfig(**{k: v for k, v in opts.items() if k in known and v is not None})
-        dropped = [k for k in opts if k not in known]
-        if "continuous_batching_config" in sig:
-            call_kw["continuous_batching_config"] = cb
-        else:
-            gen_kw["continuous_batching_config"] = cb
-    else:  # older API: the options were GenerationConfig attributes
-        gen_kw.update({k: v for k, v in opts.items() if v is not None})
-    gen = GenerationConfig(**gen_kw)
-    for k in ("progress_bar", "persistent_manager", "warmup"):
-        if k in sig:
-            call_kw[k] = {"progress_bar": False, "persistent_manager": True, "warmup": True}[k]
-    common = dict(options={k: v for k, v in opts.items() if k not in dropped}, dropped_options=dropped,
-                  flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
-                  attn_implementation=model.config._attn_implementation)
-    rows = []
     inputs = {c: [tok(p)["input_ids"] for p in ps] for c, ps in cases.items()}
+    first_case = next(iter(inputs))
+    rows = []
+    for variant in variants:
+        opts = _cb_options(model, slots=slots, variant=variant)
+        # EOS disabled (-1): every request runs to max_new_tokens (CB drops the min_new_tokens processor)
+        gen_kw = dict(max_new_tokens=new, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=-1,
+                      pad_token_id=0)
+        call_kw, dropped = {}, []
+        if ContinuousBatchingConfig is not None and dataclasses.is_dataclass(ContinuousBatchingConfig):
+            known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+            cb = ContinuousBatchingConfig(**{k: v for k, v in opts.items() if k in known and v is not None})
+            dropped = [k for k in opts if k not in known]
+            if "continuous_batching_config" in sig:
+                call_kw["continuous_batching_config"] = cb
+            else:
+                gen_kw["continuous_batching_config"] = cb
+        else:  # older API: the options were GenerationConfig attributes
+            gen_kw.update({k: v for k, v in opts.items() if v is not None})
+        gen = GenerationConfig(**gen_kw)
+        for k, v in (("progress_bar", False), ("persistent_manager", True), ("warmup", True)):
+            if k in sig:
+                call_kw[k] = v
+        common = dict(variant=variant, options={k: v for k, v in opts.items() if k not in dropped},
+                      dropped_options=dropped, flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
+                      attn_implementation=model.config._attn_implementation)
 
-    def run(ids):
-        with Timer() as t:
-            out = model.generate_batch(inputs=ids, generation_config=gen, **call_kw)
-        outs = list(out.values())
-        tokens = sum(len(o.generated_tokens) for o in outs)
-        failed = sum(1 for o in outs if getattr(o, "error", None))
-        return t.seconds, tokens, len(outs), failed
+        def run(ids):
+            with Timer() as t:
+                out = model.generate_batch(inputs=ids, generation_config=gen, **call_kw)
+            outs = list(out.values())
+            tokens = sum(len(o.generated_tokens) for o in outs)
+            failed = sum(1 for o in outs if getattr(o, "error", None))
+            return t.seconds, tokens, len(outs), failed
 
-    try:
-        reset_peak()
-        first_case = next(iter(inputs))
-        warm_s, _, _, _ = run(inputs[first_case])
-    except Exception as e:  # noqa: BLE001
-        _drop_hf_state(model)
-        return [dict(common, case=c, error=_err(e), trace=traceback.format_exc(limit=3)[-600:]) for c in cases]
-    for case, ids in inputs.items():
-        row = dict(common, case=case, requests=len(ids), first_call_s=round(warm_s, 2) if case == first_case else None)
+        if deadline():
+            rows += [dict(common, case=c, error="skipped: --deadline-s reached") for c in cases]
+            continue
         try:
-            seconds, tokens, got, failed = run(ids)
-            row.update(seconds=round(seconds, 2), tokens=tokens, expected_tokens=len(ids) * new, results=got,
-                       failed=failed, tok_s=round(tokens / seconds, 1), peak_gib=peak_gib())
-        except Exception as e:  # noqa: BLE001
-            row.update(error=_err(e), trace=traceback.format_exc(limit=3)[-600:])
-        rows.append(row)
-    _drop_hf_state(model)
+            reset_peak()
+            # manager creation + warm-up (CUDA graphs pre-captured at the largest sizes) on a subset
+            warm_s, _, _, _ = run(inputs[first_case][:warmup_requests])
+            common.update(warmup_requests=min(warmup_requests, len(inputs[first_case])),
+                          warmup_call_s=round(warm_s, 2), resolved=_resolved(model))
+        except Exception as e:  # noqa: BLE001 -- API change, OOM: report, don't crash the run
+            _drop_hf_state(model)
+            rows += [dict(common, case=c, error=_err(e), trace=traceback.format_exc(limit=3)[-600:]) for c in cases]
+            continue
+        for case, ids in inputs.items():
+            row = dict(common, case=case, requests=len(ids))
+            if deadline():
+                row["error"] = "skipped: --deadline-s reached"
+            else:
+                try:
+                    seconds, tokens, got, failed = run(ids)
+                    row.update(seconds=round(seconds, 2), tokens=tokens, expected_tokens=len(ids) * new, results=got,
+                               failed=failed, tok_s=round(tokens / seconds, 1), peak_gib=peak_gib())
+                except Exception as e:  # noqa: BLE001
+                    row.update(error=_err(e), trace=traceback.format_exc(limit=3)[-600:])
+            rows.append(row)
+        _drop_hf_state(model)
     return rows
 
 
