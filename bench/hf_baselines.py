@@ -21,6 +21,7 @@ import importlib.util
 import inspect
 import time
 import traceback
+from contextlib import contextmanager
 
 import torch
 from common import Timer, free_memory, peak_gib, reset_peak, sync
@@ -28,6 +29,23 @@ from common import Timer, free_memory, peak_gib, reset_peak, sync
 
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:300]}"
+
+
+@contextmanager
+def full_attention_cache(model, max_context: int):
+    """Mistral configs carry sliding_window=4096, which makes transformers build its static cache from
+    ``StaticSlidingWindowLayer``s; those keep a Python int length, so a compiled decode step recompiles
+    every token (FailOnRecompileLimitHit with fullgraph=True, in 5.17 and 5.24). With every context
+    shorter than the window, attention is the same without it: switch it off for the HF baselines."""
+    window = getattr(model.config, "sliding_window", None)
+    off = window is not None and max_context <= window
+    if off:
+        model.config.sliding_window = None
+    try:
+        yield {"sliding_window_off": off, "sliding_window": window}
+    finally:
+        if off:
+            model.config.sliding_window = window
 
 
 def _drop_hf_state(model) -> None:
