@@ -1,7 +1,16 @@
-"""Rollout decode on the Abel-7B-002 architecture: engine='fast' vs plain ``model.generate``.
+"""Rollout decode on the Abel-7B-002 architecture: engine='fast' vs plain ``model.generate`` and
+vs transformers' own fastest paths.
 
-    python bench/bench_decode.py [--quick] [--out DIR]      # GPU (H100), random bf16 weights
-    python bench/bench_decode.py --tiny                     # CPU smoke test
+    python bench/bench_decode.py [--quick] [--out DIR]      # GPU (H100/H200), random bf16 weights
+    python bench/bench_decode.py --tiny [--hf --profile]    # CPU smoke test
+
+Goal 3 of issue 12, one call on the H200 (~8 min; no download, the 7B shape is built with random weights;
+order: plain, fast 512, fast k=8 + roofline, profile, hf_static_compile 64 then 512, a provisional summary,
+hf_generate_batch, the final summary; --deadline-s skips the transformers figures not started by then;
+every line is appended to $OUT/decode.jsonl as it comes, so a timeout keeps what was measured):
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src timeout 580 python bench/bench_decode.py --slots 512 --no-variants \
+        --hf --hf-batches 64,512 --profile --deadline-s 440 --out $OUT
 
 Every request has a 200-token prompt and is forced to generate exactly --new tokens
 (min_new_tokens = max_new_tokens), sampled at temperature 1. Figures (one JSON line each):
@@ -10,21 +19,35 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
   includes the CUDA-graph capture; ``prefill_s`` is a max_new_tokens=1 call on the same prompts, so
   ``decode_tok_s`` isolates decode;
 - ``fast_shared_prompt``: the same with k=8 samples per prompt (rollouts): one prefill per prompt;
-- ``fast_variant``: attention core ``bmm`` and ``torch.compile`` of the decode step, at 256 slots.
+  ``roofline``: its decode-only tok/s against the bandwidth roofline at its batch, explicitly;
+- ``fast_variant``: attention core ``bmm`` and ``torch.compile`` of the decode step, at 256 slots;
+- ``--profile``: ``profile``: the fast engine's decode step at the best slot count (k=8 requests):
+  CUDA-graph ms/step and the top-20 CUDA kernels of eager steps (CPU ops without CUDA);
+- ``--hf``: ``hf_static_compile`` (static cache + ``CompileConfig(fullgraph=True, mode="reduce-overhead")``,
+  each --hf-batches size, compile time apart) and ``hf_generate_batch`` (continuous batching, paged
+  attention, max_requests_per_batch = the fast slot count; variants ``cuda_graph`` (forced on) and ``auto``
+  (the library's choice: off with SDPA)), each on the same requests as
+  ``fast_shared_prompt`` (case ``shared_k8``) and as ``fast`` at that slot count (case ``plain``);
+  both with the config's sliding window (4096) switched off -- longer than any context here, and with it
+  the static cache recompiles every step -- see bench/hf_baselines.py;
+- ``summary``: the best fast line vs plain generate, vs the best hf_static_compile, vs hf_generate_batch,
+  and goal 3's checks (k=8: >= 25x plain generate, >= 50 % of the decode roofline).
 Ratios are against ``plain_generate`` from the same run. Roofline: batch * bandwidth / (weight bytes
-+ KV bytes read per step), with KV at the mean context (prompt + new/2); ``roofline_static`` uses the
-cache length the engine actually reads (it attends over its whole static cache each step).
++ KV bytes read per step), with KV at the mean context (prompt + new/2); bandwidth 4.8e12 B/s on an
+H200, 3.35e12 on an H100 (by device name); ``roofline_static`` uses the cache length the engine
+actually reads (it attends over its whole static cache each step).
 """
 
 from __future__ import annotations
 
 import gc
+import time
 
 import numpy as np
 import torch
 from common import (
-    H100_BW, Reporter, Timer, build_model, device_info, free_memory, kv_bytes_per_token, param_count, parser, peak_gib,
-    random_prompt, reset_peak, word_tokenizer,
+    Reporter, Timer, build_model, device_info, free_memory, hbm_bandwidth, kv_bytes_per_token, param_count, parser,
+    peak_gib, random_prompt, reset_peak, word_tokenizer,
 )
 
 from looper_math import generation
@@ -38,7 +61,18 @@ def main() -> None:
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--slots", default=None, help="comma list (default 128,256,384,512; --quick 256,512)")
     p.add_argument("--no-variants", action="store_true", help="skip the bmm / compile variants")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt in the shared-prompt case (default 8)")
+    p.add_argument("--hf", action="store_true",
+                   help="also transformers' fastest paths: hf_static_compile and hf_generate_batch (bench/hf_baselines.py)")
+    p.add_argument("--hf-batches", default=None, help="hf_static_compile batch sizes (default 64,512; --tiny 4,8)")
+    p.add_argument("--tiny-compile", action="store_true", help="--tiny: torch.compile hf_static_compile on CPU too (slow)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over a few fast decode steps at the best slot count: top-20 kernels")
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="skip the --hf figures not yet started after this many seconds (the summary still comes out)")
     args = p.parse_args()
+    t_start = time.perf_counter()
     report = Reporter("decode", args.out)
     tiny = args.tiny
     new = args.new or (16 if tiny else 128 if args.quick else 256)
@@ -52,8 +86,9 @@ def main() -> None:
     n_params = param_count(model)
     weight_bytes = n_params * model.dtype.itemsize
     kvpt = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    bw = H100_BW
-    report("setup", **device_info(), params=n_params, prompt_tokens=prompt_len + 1, new_tokens=new)
+    bw, bw_source = hbm_bandwidth()
+    report("setup", **device_info(), params=n_params, prompt_tokens=prompt_len + 1, new_tokens=new, bandwidth=bw,
+           bandwidth_source=bw_source, weight_bytes=weight_bytes, kv_bytes_per_token=kvpt)
 
     def roofline(batch: int, context: float) -> float:
         return batch * bw / (weight_bytes + batch * context * kvpt)
@@ -79,6 +114,7 @@ def main() -> None:
 
     def run_fast(reqs, label, **fast_kw):
         slots = fast_kw.pop("slots")
+        extra = {"k": fast_kw.pop("k")} if "k" in fast_kw else {}
         call = dict(max_new_tokens=new, batch_size=slots, stop_strings=None, progress=False, min_new_tokens=new,
                     desc=label, slots=slots, **fast_kw)
         reset_peak()
@@ -101,7 +137,7 @@ def main() -> None:
                    share_of_roofline=round(tps / roofline(slots, mean_ctx), 4),
                    decode_share_of_roofline=round(decode_tps / roofline(slots, mean_ctx), 4),
                    decode_share_of_roofline_static=round(decode_tps / roofline(slots, cache_len), 4),
-                   peak_gib=peak_gib(), **{k: v for k, v in fast_kw.items()})
+                   peak_gib=peak_gib(), **extra, **fast_kw)
         free_memory()
         return report(label, **row)
 
@@ -116,19 +152,83 @@ def main() -> None:
         if best is None or row["tok_s"] > best["tok_s"]:
             best = row
     # rollouts: k samples of each question share one prompt (one prefill per prompt)
-    k = 8
+    k = args.k
     s = best["slots"] if best else slots_list[0]
-    reqs = [GenRequest(prompts[i // k], temperature=1.0, seed=i) for i in range(s)]
-    run_fast(reqs, "fast_shared_prompt", slots=s)
+    shared_prompts = [prompts[i // k] for i in range(s)]
+    plain_prompts = prompts[:s]
+    reqs = [GenRequest(p, temperature=1.0, seed=i) for i, p in enumerate(shared_prompts)]
+    shared = run_fast(reqs, "fast_shared_prompt", slots=s, k=k)
+    rl = roofline(s, mean_ctx)
+    report("roofline", of="fast_shared_prompt", k=k, slots=s, bandwidth=bw, bandwidth_source=bw_source,
+           weight_bytes=weight_bytes, kv_bytes_per_token=kvpt, mean_context=mean_ctx, roofline_tok_s=round(rl, 1),
+           decode_tok_s=shared["decode_tok_s"], decode_share_of_roofline=round(shared["decode_tok_s"] / rl, 4),
+           tok_s=shared["tok_s"], share_of_roofline=round(shared["tok_s"] / rl, 4),
+           roofline_static_tok_s=round(roofline(s, generation._round_up(prompt_len + 1 + new, 64)), 1),
+           goal_share=0.5, meets_goal=shared["decode_tok_s"] / rl >= 0.5)
+    if args.profile:
+        from hf_baselines import profile_fast
+
+        report("profile", **profile_fast(model, tok, shared_prompts, slots=s, new=new, steps=args.profile_steps))
     if not args.no_variants:
-        s = 8 if tiny else 256
-        reqs = [GenRequest(prompts[i], temperature=1.0, seed=i) for i in range(s)]
-        run_fast(reqs, "fast_variant", slots=s, attn="bmm")
+        s_var = 8 if tiny else 256
+        reqs = [GenRequest(prompts[i], temperature=1.0, seed=i) for i in range(s_var)]
+        run_fast(reqs, "fast_variant", slots=s_var, attn="bmm")
         if not tiny:  # inductor on 2 CPU cores takes a minute; the GPU run covers it
-            run_fast(reqs, "fast_variant", slots=s, compile=True)
-    if best:
-        report("summary", best_slots=best["slots"], best_tok_s=best["tok_s"], plain_generate_tok_s=round(base_tps, 1),
-               x_plain_generate=best["x_plain_generate"], goal_x=10, meets_goal=best["x_plain_generate"] >= 10)
+            run_fast(reqs, "fast_variant", slots=s_var, compile=True)
+
+    # ---- transformers' own fastest paths, on the same requests -----------------------------------------
+    hf_static, hf_cb = [], []
+
+    def late() -> bool:
+        return args.deadline_s is not None and time.perf_counter() - t_start > args.deadline_s
+
+    def hf_row(label, row, batch):
+        if "tok_s" in row:
+            fast_same = shared if row.get("case") == "shared_k8" else (best or shared)
+            row.update(x_plain_generate=round(row["tok_s"] / base_tps, 2),
+                       share_of_roofline=round(row["tok_s"] / roofline(batch, mean_ctx), 4),
+                       x_by_fast_same_case=round(fast_same["tok_s"] / row["tok_s"], 2))
+        return report(label, **row)
+
+    def best_of(rows):
+        ok = [r for r in rows if "tok_s" in r]
+        return max(ok, key=lambda r: r["tok_s"]) if ok else None
+
+    def summary(final: bool) -> None:
+        top = max([r for r in (best, shared) if r], key=lambda r: r["tok_s"])
+        hs, hc = best_of(hf_static), best_of(hf_cb)
+        report("summary", final=final,
+               best_figure=top["figure"], best_slots=top["slots"], best_tok_s=top["tok_s"],
+               plain_generate_tok_s=round(base_tps, 1), x_plain_generate=round(top["tok_s"] / base_tps, 2),
+               hf_static_compile_tok_s=hs and hs["tok_s"], hf_static_compile_batch=hs and hs["batch"],
+               x_hf_static_compile=hs and round(top["tok_s"] / hs["tok_s"], 2),
+               hf_generate_batch_tok_s=hc and hc["tok_s"],
+               x_hf_generate_batch=hc and round(top["tok_s"] / hc["tok_s"], 2),
+               shared_k8_tok_s=shared["tok_s"], shared_k8_x_plain_generate=shared["x_plain_generate"],
+               shared_k8_decode_share_of_roofline=shared["decode_share_of_roofline"],
+               goal_x=25, goal_share=0.5, meets_goal_x=shared["x_plain_generate"] >= 25,
+               meets_goal_share=shared["decode_share_of_roofline"] >= 0.5,
+               wall_s=round(time.perf_counter() - t_start, 1))
+
+    if args.hf:
+        from hf_baselines import full_attention_cache, hf_generate_batch, hf_static_compile
+
+        cases = {"shared_k8": shared_prompts, "plain": plain_prompts}
+        hf_batches = [int(b) for b in (args.hf_batches or ("4,8" if tiny else "64,512")).split(",")]
+        for b in hf_batches:
+            with full_attention_cache(model, prompt_len + 1 + new) as window:
+                rows = hf_static_compile(model, tok, cases, batch=b, new=new, compile_on_cpu=args.tiny_compile,
+                                         deadline=late)
+            for row in rows:
+                hf_static.append(hf_row("hf_static_compile", dict(row, **window), b))
+        # generate_batch last: without flash-attn its paged SDPA path has no time bound we can predict;
+        # a provisional summary first, so a timeout there still leaves one
+        summary(final=False)
+        with full_attention_cache(model, prompt_len + 1 + new) as window:
+            rows = hf_generate_batch(model, tok, cases, new=new, slots=s, deadline=late)
+        for row in rows:
+            hf_cb.append(hf_row("hf_generate_batch", dict(row, **window), s))
+    summary(final=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 H100_BW = 3.35e12  # bytes/s, H100 SXM HBM3 (NVIDIA datasheet)
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA datasheet)
+H200_BW = 4.8e12  # bytes/s, H200 HBM3e (NVIDIA datasheet)
+
+
+def hbm_bandwidth() -> tuple[float, str]:
+    """(bytes/s, source) for the current CUDA device by name; the H100 figure elsewhere (CPU smoke runs)."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if "H200" in name:
+        return H200_BW, "H200 4.8e12"
+    if "H100" in name:
+        return H100_BW, "H100 3.35e12"
+    return H100_BW, f"unknown device {name!r}: H100 3.35e12 assumed"
 
 ABEL_7B = dict(  # GAIR/Abel-7B-002 (Mistral-7B architecture)
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
