@@ -116,16 +116,16 @@ def main() -> None:
         slots = fast_kw.pop("slots")
         extra = {"k": fast_kw.pop("k")} if "k" in fast_kw else {}
         call = dict(max_new_tokens=new, batch_size=slots, stop_strings=None, progress=False, min_new_tokens=new,
-                    desc=label, slots=slots, **fast_kw)
+                    desc=label, options=generation.FastOptions(slots=slots, **fast_kw))
         reset_peak()
         with Timer() as first:
-            generation._generate_fast(model, tok, reqs, **call)
+            generation.generate_fast(model, tok, reqs, **call)
         with Timer() as warm:
-            res = generation._generate_fast(model, tok, reqs, **call)
+            res = generation.generate_fast(model, tok, reqs, **call)
         assert all(r.num_tokens == new for r in res), "forced length not respected"
         pre = dict(call, max_new_tokens=1, min_new_tokens=1)
         with Timer() as prefill:
-            generation._generate_fast(model, tok, reqs, **pre)
+            generation.generate_fast(model, tok, reqs, **pre)
         tokens = len(reqs) * new
         tps = tokens / warm.seconds
         decode_s = warm.seconds - prefill.seconds

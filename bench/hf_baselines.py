@@ -257,8 +257,8 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     ids = generation.encode_prompts(tok, [r.prompt for r in reqs])
     cache_len = generation._round_up(max(len(x) for x in ids) + new, 64)
     steps = max(1, min(steps, (new - 4) // 3))
-    row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=generation.FAST_ATTN,
-               compile=generation.FAST_COMPILE)
+    row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=generation.FastOptions.attn,
+               compile=generation.FastOptions.compile)
     dec = None
     try:
         with torch.no_grad():

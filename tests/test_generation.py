@@ -174,9 +174,9 @@ def test_fast_equals_hf(model, tok, attn, slots):
     (3 < requests exercises refilling finished slots)."""
     reqs = mixed_requests()
     hf = run(model, tok, reqs, batch_size=16, max_new_tokens=10, stop_strings=["*_"])
-    fast = generation._generate_fast(
+    fast = generation.generate_fast(
         model, tok, reqs, max_new_tokens=10, batch_size=slots, stop_strings=["*_"], progress=False,
-        min_new_tokens=0, desc="t", slots=slots, attn=attn, check_every=3,
+        options=generation.FastOptions(slots=slots, attn=attn, check_every=3),
     )
     assert fast == hf
     assert any(r.finished for r in hf) and any(not r.finished for r in hf)
@@ -199,8 +199,8 @@ def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatc
     monkeypatch.setattr(generation, "FastDecoder", Spy)
     gc.disable()
     try:
-        generation._generate_fast(model, tok, mixed_requests(), max_new_tokens=5, batch_size=4, stop_strings=None,
-                                  progress=False, min_new_tokens=0, desc="t", slots=4)
+        generation.generate_fast(model, tok, mixed_requests(), max_new_tokens=5, batch_size=4, progress=False,
+                                 options=generation.FastOptions(slots=4))
         assert made and made[0]() is None, "FastDecoder kept alive by a reference cycle"
     finally:
         gc.enable()

@@ -33,9 +33,8 @@ def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile):
     m = cuda_model(tok, torch.float32)
     reqs = mixed_requests() * 3  # 42 requests through 8 slots: refills under the CUDA graph
     hf = generate(m, tok, reqs, max_new_tokens=24, batch_size=64, stop_strings=["*_"], progress=False)
-    got = generation._generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"],
-                                    progress=False, min_new_tokens=0, desc="t", slots=8, attn=attn,
-                                    compile=compile)
+    got = generation.generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"], progress=False,
+                                   options=generation.FastOptions(slots=8, attn=attn, compile=compile))
     assert got == hf
 
 

@@ -114,7 +114,7 @@ def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
     from looper_math.layout import RunLayout
     from looper_math.pipeline import phases
 
-    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}"])
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}", "policy=dpo"])
     lay = RunLayout(cfg, rounds=2)
     ps = phases(cfg, lay, resume=True, overwrite=False)
     assert [p.name for p in ps] == [
@@ -126,3 +126,25 @@ def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
     ps[1].output.path.mkdir(parents=True)
     ps[1].output.summary.write_text("{}")
     assert ps[1].is_complete  # SFT: its train_summary.json exists
+
+
+def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path):
+    """`policy: grpo` (configs/qwen05_gpu.yaml): per round GRPO then its eval, round 2 starting from round 1's
+    adapter with the next seed; the layout's outputs (what the report reads) are the GRPO rounds', no pairs."""
+    from looper_math.layout import RunLayout
+    from looper_math.pipeline import phases
+
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}"])
+    assert cfg.policy == "grpo" and cfg.rounds == 2
+    lay = RunLayout(cfg, rounds=cfg.rounds)
+    ps = phases(cfg, lay, resume=True, overwrite=False)
+    assert [p.name for p in ps][4:] == ["phase 4: GRPO (round 1)", "phase 5: eval GRPO (round 1)",
+                                        "phase 4: GRPO (round 2)", "phase 5: eval GRPO (round 2)"]
+    r1, r2 = lay.grpo(1), lay.grpo(2)
+    assert r2.path == tmp_path / "checkpoints" / "grpo_lora_r2" and r2.inputs == (r1.summary,)
+    assert r1.inputs == (lay.sft().summary,)
+    assert r2.cfg.grpo.init_adapter == str(r1.path) and r2.cfg.grpo.seed == cfg.grpo.seed + 1
+    assert ps[-1].output.path == tmp_path / "outputs" / "grpo_dev_eval_r2.jsonl" and ps[-1].output.inputs == (r2.summary,)
+    # the other policy's first round stays in view (its standalone commands, e.g. the DPO ablation of bench/learning.sh)
+    assert [o.label for o in lay.prefs_files()] == ["pairs"]
+    assert [o.label for o in lay.trainings()] == ["sft", "dpo", "grpo", "grpo_r2"]

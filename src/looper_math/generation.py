@@ -2,7 +2,7 @@
 
 Engines behind it:
 - ``engine="hf"``: plain batched ``model.generate`` (dynamic cache), the reference path.
-- ``engine="fast"``: see ``_generate_fast`` (static KV cache + compiled/CUDA-graph decode step).
+- ``engine="fast"``: ``generate_fast`` (static KV cache + CUDA-graph decode step), switches in ``FastOptions``.
 
 Guarantees, whatever the engine:
 - results come back in input order; prompts are left padded, sorted by token length to cut padding;
@@ -259,8 +259,10 @@ def generate(
     progress: bool = True,
     min_new_tokens: int = 0,
     desc: str = "generate",
+    fast: FastOptions | None = None,
 ) -> list[GenResult]:
-    """Generate completions for ``requests``; results in input order. See the module docstring."""
+    """Generate completions for ``requests``; results in input order. See the module docstring.
+    ``fast``: the fast engine's switches (its defaults when None)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if max_new_tokens < 1:
@@ -271,9 +273,10 @@ def generate(
     if engine == "auto":  # the fast engine where it is supported and pays off (CUDA), else the plain path
         engine = "fast" if model.device.type == "cuda" and model.config.model_type in FAST_SUPPORTED else "hf"
     if engine == "fast":
-        return _generate_fast(
+        return generate_fast(
             model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
             stop_strings=stop_strings, progress=progress, min_new_tokens=min_new_tokens, desc=desc,
+            options=fast or FastOptions(),
         )
     return _generate_hf(
         model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -330,14 +333,23 @@ def _generate_hf(model, tokenizer, requests, *, max_new_tokens, batch_size, stop
 # Fast engine: slot-based continuous batching over a static KV cache, decode step in one CUDA graph
 
 FAST_SUPPORTED = ("llama", "mistral", "qwen2")
-FAST_MAX_SLOTS = 2048  # upper bound on sequences decoded together on CUDA; the KV cache must also fit in
-# half the free memory (_fast_slots). 7B shape on an H100: 128/256/384/512 slots gave 7.0k/9.5k/10.4k/11.0k
-# tok/s (bench/bench_decode.py, bench/RESULTS.md), and memory caps it near 512 there; a 0.5B model's
-# step costs about the same at 2,048 slots as at 512, so small models get the large batches.
-FAST_CHECK_EVERY = 16  # decode steps between host syncs (finished rows, stop strings, refills)
-FAST_PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward
-FAST_ATTN = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
-FAST_COMPILE = False  # torch.compile the decoder layer before graph capture (bench measures both)
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """The fast engine's switches (``generate(..., engine="fast", fast=FastOptions(...))``); the defaults are
+    the measured ones."""
+
+    slots: int | None = None  # sequences decoded together; None: at least batch_size, more where memory allows
+    # upper bound on slots on CUDA; the KV cache must also fit in half the free memory (fast_slots). 7B shape on
+    # an H100: 128/256/384/512 slots gave 7.0k/9.5k/10.4k/11.0k tok/s (bench/bench_decode.py, bench/RESULTS.md),
+    # and memory caps it near 512 there; a 0.5B model's step costs about the same at 2,048 slots as at 512, so
+    # small models get the large batches.
+    max_slots: int = 2048
+    attn: str = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
+    compile: bool = False  # torch.compile the decoder layer before graph capture (bench measures both)
+    check_every: int = 16  # decode steps between host syncs (finished rows, stop strings, refills)
+    prefill_tokens: int = 16384  # padded prompt tokens per prefill forward
 
 
 def _round_up(x: int, m: int) -> int:
@@ -389,8 +401,8 @@ class FastDecoder:
     """
 
     def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
-                 eos: list[int], pad: int, sampled: bool, attn: str = FAST_ATTN, compile: bool = FAST_COMPILE,
-                 truncate: bool = True):
+                 eos: list[int], pad: int, sampled: bool, attn: str = FastOptions.attn, compile: bool = FastOptions.compile,
+                 truncate: bool = True, prefill_tokens: int = FastOptions.prefill_tokens):
         from peft import PeftModel
 
         causal = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -415,6 +427,7 @@ class FastDecoder:
         B, L, dev = slots, cache_len, self.device
         self.slots, self.cache_len = B, L
         self.max_new, self.min_new, self.sampled, self.truncate = max_new_tokens, min_new_tokens, sampled, truncate
+        self.prefill_tokens = prefill_tokens
         self.K = [torch.zeros(B, self.kv_heads, L, self.head_dim, dtype=dtype, device=dev) for _ in self.decoder.layers]
         self.V = [torch.zeros_like(k) for k in self.K]
         self.eos = torch.tensor(eos, device=dev)
@@ -510,7 +523,7 @@ class FastDecoder:
         src_t = torch.tensor(src, device=dev)
         logits_u = []
         width = max(len(p) for p in uniq)
-        rows_per_chunk = max(1, FAST_PREFILL_TOKENS // width)
+        rows_per_chunk = max(1, self.prefill_tokens // width)
         for c0 in range(0, len(uniq), rows_per_chunk):
             chunk = uniq[c0 : c0 + rows_per_chunk]
             w = max(len(p) for p in chunk)
@@ -547,8 +560,8 @@ class FastDecoder:
         self.active[slot_t] = ~eos0 & (self.max_new > 1)
 
 
-def _fast_slots(model, batch_size: int, cache_len: int, n_requests: int) -> int:
-    """Slots: at least batch_size; on CUDA up to FAST_MAX_SLOTS if the KV cache fits in half the
+def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slots: int = FastOptions.max_slots) -> int:
+    """Slots: at least batch_size; on CUDA up to ``max_slots`` if the KV cache fits in half the
     free memory (large batches are what make decode efficient)."""
     slots = batch_size
     if model.device.type == "cuda":
@@ -557,24 +570,27 @@ def _fast_slots(model, batch_size: int, cache_len: int, n_requests: int) -> int:
         per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * cache_len * model.dtype.itemsize
         per_slot += 16 * cfg.vocab_size  # float logits + sort buffers
         free, _ = torch.cuda.mem_get_info(model.device)
-        slots = max(slots, min(FAST_MAX_SLOTS, int(0.5 * free // per_slot)))
+        slots = max(slots, min(max_slots, int(0.5 * free // per_slot)))
     return max(1, min(slots, n_requests))
 
 
 @torch.no_grad()
-def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, stop_strings, progress,
-                   min_new_tokens, desc, slots: int | None = None, attn: str = FAST_ATTN,
-                   compile: bool = FAST_COMPILE, check_every: int = FAST_CHECK_EVERY) -> list[GenResult]:
+def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_tokens: int, batch_size: int = 32,
+                  stop_strings: list[str] | None = None, progress: bool = True, min_new_tokens: int = 0,
+                  desc: str = "generate", options: FastOptions = FastOptions()) -> list[GenResult]:
+    """The fast engine (``FastDecoder``): the same contract as ``generate`` (see the module docstring), its
+    switches in ``options``. ``generate(engine="fast")`` calls it; bench and tests may call it directly."""
+    o = options
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
     ids = encode_prompts(tokenizer, [r.prompt for r in requests])
     # one cache length per call (one graph); multiple of 64 keeps attention kernels aligned
     cache_len = _round_up(max(len(x) for x in ids) + max_new_tokens, 64)
-    n_slots = slots or _fast_slots(model, batch_size, cache_len, len(requests))
+    n_slots = o.slots or fast_slots(model, batch_size, cache_len, len(requests), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad,
-                      sampled=any(r.temperature > 0 for r in requests), attn=attn, compile=compile,
-                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests))
+                      sampled=any(r.temperature > 0 for r in requests), attn=o.attn, compile=o.compile,
+                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests), prefill_tokens=o.prefill_tokens)
     dec.capture()
     # longest first, identical prompts adjacent so a refill prefills them once
     queue = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
@@ -640,7 +656,7 @@ def _generate_fast(model, tokenizer, requests, *, max_new_tokens, batch_size, st
                 continue
             if all(o is None for o in owner):
                 break
-            for _ in range(check_every):
+            for _ in range(o.check_every):
                 dec.step()
     finally:
         bar.close()
