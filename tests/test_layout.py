@@ -124,8 +124,9 @@ def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
         "phase 5: eval DPO (round 2)"]
     assert ps[-1].output.path == tmp_path / "outputs" / "dpo_dev_eval_r2.jsonl" and not any(p.is_complete for p in ps)
     ps[1].output.path.mkdir(parents=True)
-    ps[1].output.summary.write_text("{}")
+    ps[1].output.summary.write_text('{"steps": 3}')
     assert ps[1].is_complete  # SFT: its train_summary.json exists
+    assert ps[1].summarize() == {"steps": 3} and ps[0].summarize() == {}  # base rollouts: not complete
 
 
 def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path):

@@ -3,7 +3,7 @@
 [rollouts from the base model, when sft.data uses rft] -> SFT -> eval (base, SFT) -> [rollouts -> pairs -> DPO
 -> eval] x rounds (``policy: dpo``) or [GRPO -> eval] x rounds (``policy: grpo``) -> compare SFT vs the last
 round -> report.
-The run is a list of :class:`Phase` objects (name, output, is_complete, run) built from the run's layout
+The run is a list of :class:`Phase` objects (name, output, is_complete, run, summarize) built from the run's layout
 (``layout.RunLayout``). Without ``--overwrite`` the run continues: complete phases are skipped (a phase is
 complete once the summary its output's layout names exists; every phase writes it last) and partial ones
 resume. A complete phase is skipped only while it is current (``layout.Output.problem``): its settings (``config.PHASE_SETTINGS``, its inputs' included) equal those in the
@@ -27,6 +27,7 @@ from pathlib import Path
 from looper_math.config import Config
 from looper_math.layout import Output, RunLayout, round_config  # noqa: F401 - round_config: the public name here too
 from looper_math.errors import StaleOutputError, UsageError
+from looper_math.runio import read_json
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Phase:
     @property
     def is_complete(self) -> bool:
         return self.output.complete
+
+    def summarize(self) -> dict:
+        """What the phase's output summary says (the file every phase writes last); {} before it is complete."""
+        return read_json(self.output.summary) if self.is_complete else {}
 
 
 def report_is_current(run_dir_or_layout: Path | RunLayout) -> bool:
