@@ -12,6 +12,8 @@
 #   2  base, SFT, GRPO (binary) on the test split + paired tests; GRPO with the Regime W reward (the
 #      config's alpha/beta/length penalty: the seed's coherence question, online) on dev
 #   3  a second GRPO run continuing from the binary one (other seed, so other questions) on dev and test
+# Ran at d891b40 (bench/results/2026-12-02-h200-grpo); kept runnable at later commits, where the binary
+# reward is grpo.reward=correctness (the same reward as BIN below) and the Regime W one needs grpo.reward=regime_w.
 # Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
 STAGE="${1:?stage 1|2|3}"; DEADLINE="${2:-560}"
@@ -32,7 +34,7 @@ case "$STAGE" in
   2)
     evaltest base none; evaltest sft sft; evaltest grpo_bin "$R/checkpoints/grpo_bin"
     cmp base_test_eval sft_test_eval; cmp sft_test_eval grpo_bin_test_eval; cmp base_test_eval grpo_bin_test_eval
-    grpo grpo_rw && cmp grpo_bin_dev_eval grpo_rw_dev_eval
+    grpo grpo_rw --set grpo.reward=regime_w && cmp grpo_bin_dev_eval grpo_rw_dev_eval  # (the default reward at d891b40)
     ;;
   3)
     grpo grpo_bin2 "${BIN[@]}" --set grpo.init_adapter="$R/checkpoints/grpo_bin" --set grpo.seed=43 &&
