@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from pathlib import Path
 
 from looper_math.config import Config
 from looper_math.generation import GenRequest, encode_prompts, generate
@@ -202,6 +201,3 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
               f"mean reward {first} -> {last}, adapter -> {out_dir}")
     return summary
 
-
-def grpo_complete(cfg: Config) -> bool:
-    return is_complete(Path(cfg.path(cfg.grpo.output_dir)))
