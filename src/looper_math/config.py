@@ -34,6 +34,20 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _report_to() -> Any:
+    """``<section>.report_to`` of the trainer sections (sft, dpo, grpo)."""
+    return _f("none", "Where the trainer logs its metrics (loss, learning rate, grad norm, rewards, ...) besides "
+              "log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/; pip install tensorboard) | "
+              "wandb | trackio (each needs its package and login; project/run names through their environment "
+              "variables or trainer_args.run_name).")
+
+
+def _trainer_args(trl_class: str, example: str) -> Any:
+    """``<section>.trainer_args``: the pass-through to TRL's config class of the section."""
+    return _f({}, f"More arguments of TRL's {trl_class}, passed through as given (e.g. {example}); checked against "
+              f"{trl_class}'s fields when the config loads. Keys looper-math sets from the settings above are refused.")
+
+
 # Ranges, checked at load time (pydantic reads the Field metadata).
 Count = Annotated[int, Field(ge=1)]  # a positive count
 NonNeg = Annotated[int, Field(ge=0)]
@@ -107,8 +121,8 @@ class SFTConfig:
     rft_rollouts: str = _f("data/rollouts_base.jsonl", "Rollouts file the rft data come from; `looper-math run` writes it first (base model, rollouts.* settings, no adapter).")
     rft_extra: list[str] = _f([], "More rollouts files whose correct trajectories join the rft data (e.g. the rollouts of the SFT or DPO adapter of an earlier run, STaR-style); they must exist.")
     rft_per_question: Count = _f(4, "At most this many distinct correct trajectories per question (highest reward first, so Regime W coherence breaks ties).")
-    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, learning rate, grad norm, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/; pip install tensorboard) | wandb | trackio (each needs its package and login; project/run names through their environment variables or trainer_args.run_name).")
-    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's SFTConfig, passed through as given (e.g. {optim: adamw_torch_fused, torch_compile: true}); checked against SFTConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
+    report_to: ReportTo = _report_to()
+    trainer_args: dict[str, Any] = _trainer_args("SFTConfig", "{optim: adamw_torch_fused, torch_compile: true}")
 
 
 @dataclass
@@ -174,8 +188,8 @@ class DPOConfig:
     logging_steps: Count = _f(10, "Log every N steps.")
     save_steps: Count = _f(200, "Checkpoint every N steps.")
     seed: NonNeg = _f(42, "Training seed.")
-    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, learning rate, grad norm, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/; pip install tensorboard) | wandb | trackio (each needs its package and login; project/run names through their environment variables or trainer_args.run_name).")
-    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's DPOConfig, passed through as given (e.g. {optim: adamw_torch_fused, label_smoothing: 0.1}); checked against DPOConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
+    report_to: ReportTo = _report_to()
+    trainer_args: dict[str, Any] = _trainer_args("DPOConfig", "{optim: adamw_torch_fused, label_smoothing: 0.1}")
 
 
 @dataclass
@@ -201,8 +215,8 @@ class GRPOConfig:
     logging_steps: Count = _f(5, "Log every N steps.")
     save_steps: Count = _f(100, "Checkpoint every N steps.")
     seed: NonNeg = _f(42, "Training seed (and the seed of s_cf's perturbations).")
-    report_to: ReportTo = _f("none", "Where the trainer logs its metrics (loss, rewards, completion lengths, ...) besides log_history.json: none | tensorboard (event files in <output_dir>/trainer/runs/) | wandb | trackio.")
-    trainer_args: dict[str, Any] = _f({}, "More arguments of TRL's GRPOConfig, passed through as given (e.g. {loss_type: dr_grpo, scale_rewards: batch, epsilon_high: 0.28}); checked against GRPOConfig's fields when the config loads. Keys looper-math sets from the settings above are refused.")
+    report_to: ReportTo = _report_to()
+    trainer_args: dict[str, Any] = _trainer_args("GRPOConfig", "{loss_type: dr_grpo, scale_rewards: batch, epsilon_high: 0.28}")
 
 
 @dataclass
