@@ -85,6 +85,7 @@ class MergedRollouts:
 
     def __init__(self, cfg: Config, tokenizer, device: str):
         self.cfg, self.tokenizer, self.device = cfg, tokenizer, device
+        self.stop_strings = GSM8K.from_config(cfg).stop_strings
         self.copy = None
         self.calls = 0
         self.step, self.in_step = -1, 0  # generations within one optimizer step (seeds survive a resume)
@@ -104,24 +105,19 @@ class MergedRollouts:
                 delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
                 self.copy.get_submodule(name).weight.copy_(weight + delta)
 
-    def prompt_text(self, prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-    def __call__(self, prompts: list, trainer) -> dict:
+    def __call__(self, prompts: list[str], trainer) -> dict:
+        """``prompts``: the dataset's prompt texts (``build_dataset``: chat template already applied)."""
         g, step = self.cfg.grpo, trainer.state.global_step
         self.in_step = self.in_step + 1 if step == self.step else 0
         self.step = step
         self.sync(trainer.accelerator.unwrap_model(trainer.model))
-        texts = [self.prompt_text(p) for p in prompts]
         requests = [GenRequest(prompt=t, temperature=g.temperature, seed=stable_seed(g.seed, step, self.in_step, i) % (2**63))
-                    for i, t in enumerate(texts)]
+                    for i, t in enumerate(prompts)]
         self.calls += 1
         results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
-                           batch_size=len(requests), stop_strings=GSM8K.from_config(self.cfg).stop_strings,
+                           batch_size=len(requests), stop_strings=self.stop_strings,
                            engine=self.cfg.eval.engine, progress=False)
-        return {"prompt_ids": encode_prompts(self.tokenizer, texts), "completion_ids": [r.token_ids for r in results],
+        return {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
                 "logprobs": None}
 
 

@@ -170,8 +170,8 @@ class RunLayout:
                 "grpo": c.eval.grpo_output}.get(adapter)
         if name is None:
             name = f"outputs/{Path(adapter).name}_eval.jsonl"
-        inputs = {"sft": lambda: (self.sft().summary,), "dpo": lambda: (self.dpo(r).summary,),
-                  "grpo": lambda: (self.grpo(r).summary,)}.get(str(adapter), lambda: ())()
+        trained = {"sft": self.sft, "dpo": lambda: self.dpo(r), "grpo": lambda: self.grpo(r)}.get(str(adapter))
+        inputs = (trained().summary,) if trained else ()
         label = {None: "base", "none": "base", "sft": "sft", "dpo": "dpo" + _tag(r), "grpo": "grpo" + _tag(r)}.get(
             adapter, Path(adapter or "").name)
         return Output(c, eval_phase(adapter), c.path(name), "n", inputs, label)
