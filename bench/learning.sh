@@ -8,12 +8,13 @@
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
 # finished steps are skipped without starting Python (their summary exists), a step cut by the deadline
 # resumes from its last checkpoint.
-#   main       (three calls of ~9.5 min, ~25 min in all)
+#   main       (three calls of ~9.5 min; about 25 min with the model conversion)
 #              seed 1: `looper-math run` on the dev split: base rollouts (eval prompt) -> RFT SFT -> GRPO
-#              (one round of 80 steps, binary correctness reward, fast-engine sampling) -> dev evals; then
+#              (one round of 70 steps, binary correctness reward, fast-engine sampling) -> dev evals; then
 #              base, SFT and GRPO on the test split + paired tests.
-#              seed 2 (run dir runs/qwen05_seed2; base-rollout, SFT and GRPO seeds changed): the same run,
-#              its GRPO and SFT checkpoints on the test split + paired tests (against the same base eval).
+#              seed 2 (run dir runs/qwen05_seed2; base-rollout, SFT and GRPO seeds changed): the same
+#              training phases, its GRPO and SFT checkpoints on the test split + paired tests (against the
+#              same base eval), then on the dev split.
 #   ablations  from seed 1's SFT adapter, dev and test: (a) GRPO with the Regime W reward (correct +
 #              coherence - length), (c) the same with the label-free s_cf (peers only, no reference program),
 #              (b') the offline recipe: rollouts from SFT -> correctness-first pairs -> DPO + NLL (`policy: dpo`).
@@ -33,16 +34,20 @@ case "$STAGE" in
     have "$R/outputs/grpo_dev_eval.jsonl" || step $L run -c "$CFG" || true
     evaltest base none; evaltest sft sft; evaltest grpo "$R/checkpoints/grpo_lora"
     cmp base_test_eval sft_test_eval; cmp sft_test_eval grpo_test_eval; cmp base_test_eval grpo_test_eval
-    have "$S2/outputs/grpo_dev_eval.jsonl" || step $L run -c "$CFG" "${SEED2[@]}" || true
+    # seed 2: the run's training phases (sft collects its base rollouts first); its evals land in $R/outputs
+    have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume || true
+    have "$S2/checkpoints/grpo_lora" || step $L grpo -c "$CFG" "${SEED2[@]}" --resume || true
     evaltest seed2_grpo "$S2/checkpoints/grpo_lora"
     cmp base_test_eval seed2_grpo_test_eval; cmp grpo_test_eval seed2_grpo_test_eval
     evaltest seed2_sft "$S2/checkpoints/sft_lora"; cmp seed2_sft_test_eval seed2_grpo_test_eval
+    evaldev seed2_sft "$S2/checkpoints/sft_lora"; evaldev seed2_grpo "$S2/checkpoints/grpo_lora"
+    cmp seed2_sft_dev_eval seed2_grpo_dev_eval
     ;;
   ablations)
-    have "$R/checkpoints/sft_lora/train_summary.json" || step $L run -c "$CFG" || true
+    have "$R/checkpoints/sft_lora" || step $L run -c "$CFG" || true
     ablate() {  # ablate NAME [--set ...]: GRPO from SFT into checkpoints/NAME, dev and test evals, paired tests
       local name="$1"; shift
-      have "$R/checkpoints/$name/train_summary.json" ||
+      have "$R/checkpoints/$name" ||
         step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/$name" "$@" --resume || return 0
       evaldev "$name" "$R/checkpoints/$name"; evaltest "$name" "$R/checkpoints/$name"
       cmp sft_test_eval "${name}_test_eval"; cmp grpo_test_eval "${name}_test_eval"
