@@ -1,0 +1,48 @@
+"""Paired tests recomputed from committed per-example eval files (plain or gzip JSONL): one line per pair.
+
+    python bench/mcnemar_table.py DIR A:B [A:B ...]     (A, B: eval names in DIR, without .jsonl[.gz])
+
+Each line: n, accuracy of A -> B, the delta in points, b01/b10 (questions only B / only A gets right) and
+the exact McNemar p (looper_math.compare, the same code as `looper-math compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import tempfile
+from pathlib import Path
+
+from looper_math.compare import compare
+
+
+def resolve(d: Path, name: str, tmp: Path) -> Path:
+    for p in (d / f"{name}.jsonl", d / f"{name}.jsonl.gz"):
+        if p.exists():
+            if p.suffix != ".gz":
+                return p
+            out = tmp / f"{name}.jsonl"
+            with gzip.open(p, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return out
+    raise SystemExit(f"{d}: no {name}.jsonl or {name}.jsonl.gz")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("pairs", nargs="+", metavar="A:B")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        for pair in args.pairs:
+            a, sep, b = pair.partition(":")
+            if not sep:
+                raise SystemExit(f"{pair}: expected A:B")
+            r = compare(resolve(args.dir, a, Path(t)), resolve(args.dir, b, Path(t)))
+            print(f"{a:<22} -> {b:<22} n={r['n']}  {100 * r['a']['accuracy']:.2f}% -> {100 * r['b']['accuracy']:.2f}%  "
+                  f"{100 * r['delta']:+.2f} pts  b01/b10 {r['b01']}/{r['b10']}  exact McNemar p = {r['mcnemar_p']:.2g}")
+
+
+if __name__ == "__main__":
+    main()
