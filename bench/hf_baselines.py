@@ -263,7 +263,7 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     try:
         with torch.no_grad():
             dec = FastDecoder(model, slots=len(reqs), cache_len=cache_len, max_new_tokens=new, min_new_tokens=new,
-                              eos=eos, pad=pad, sampled=True)
+                              eos=eos, pad=pad, sampled=True, truncate=False)  # top_p 1: as generate_fast builds it
             dec.capture()
             dec.prefill(list(range(len(reqs))), ids, reqs)
             sync()
