@@ -130,12 +130,14 @@ def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
 
 
 def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path):
-    """`policy: grpo` (configs/qwen05_gpu.yaml): per round GRPO then its eval, round 2 starting from round 1's
-    adapter with the next seed; the layout's outputs (what the report reads) are the GRPO rounds', no pairs."""
+    """`policy: grpo` (configs/qwen05_gpu.yaml, its one round made two): per round GRPO then its eval, round 2
+    starting from round 1's adapter with the next seed; the layout's outputs (what the report reads) are the
+    GRPO rounds', no pairs."""
     from looper_math.layout import RunLayout
     from looper_math.pipeline import phases
 
-    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}"])
+    assert load_config(REPO / "configs" / "qwen05_gpu.yaml").rounds == 1  # the measured recipe: one 70-step round
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}", "rounds=2"])
     assert cfg.policy == "grpo" and cfg.rounds == 2
     lay = RunLayout(cfg, rounds=cfg.rounds)
     ps = phases(cfg, lay, resume=True, overwrite=False)

@@ -290,6 +290,10 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     train_sft(cfg)
     summary = train_grpo(cfg)
     assert summary["steps"] == 2 and summary["generation"] == generation
+    if generation == "looper":  # the sampler's share of the training time, for the speed work
+        assert 0 < summary["sampling_seconds"] <= summary["seconds"] and 0 < summary["sampling_share"] <= 1
+    else:
+        assert "sampling_seconds" not in summary
     assert len(summary["rewards"]) == 2 and all(math.isfinite(r) for _, r in summary["rewards"])
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
     events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))

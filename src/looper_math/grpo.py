@@ -22,6 +22,7 @@ evaluate it with ``looper-math eval --adapter grpo``.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 
 from looper_math.config import Config
@@ -88,6 +89,7 @@ class MergedRollouts:
         self.stop_strings = GSM8K.from_config(cfg).stop_strings
         self.copy = None
         self.calls = 0
+        self.seconds = 0.0  # weight sync + sampling + prompt encoding, summed over calls (the summary's sampling share)
         self.step, self.in_step = -1, 0  # generations within one optimizer step (seeds survive a resume)
 
     def sync(self, policy) -> None:
@@ -107,6 +109,7 @@ class MergedRollouts:
 
     def __call__(self, prompts: list[str], trainer) -> dict:
         """``prompts``: the dataset's prompt texts (``build_dataset``: chat template already applied)."""
+        t0 = time.perf_counter()
         g, step = self.cfg.grpo, trainer.state.global_step
         self.in_step = self.in_step + 1 if step == self.step else 0
         self.step = step
@@ -117,8 +120,10 @@ class MergedRollouts:
         results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
                            batch_size=len(requests), stop_strings=self.stop_strings,
                            engine=self.cfg.eval.engine, progress=False)
-        return {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
-                "logprobs": None}
+        out = {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
+               "logprobs": None}
+        self.seconds += time.perf_counter() - t0  # generate returns host lists: the GPU work is finished
+        return out
 
 
 def build_dataset(cfg: Config, tokenizer):
@@ -190,6 +195,9 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         "train_loss": train_loss, "rewards": rewards, "seconds": round(seconds, 2), "resumed_from": ckpt,
         "processes": trainer.args.world_size, **meter.steady(),
     }
+    if rollout is not None:  # where a step's time goes: sampling (this process's engine) vs TRL's scoring and training
+        summary["sampling_seconds"] = round(rollout.seconds, 2)
+        summary["sampling_share"] = round(rollout.seconds / seconds, 4) if seconds > 0 else None
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):
         first, last = (rewards[0][1], rewards[-1][1]) if rewards else (None, None)
