@@ -20,9 +20,11 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
   ``decode_tok_s`` isolates decode;
 - ``fast_shared_prompt``: the same with k=8 samples per prompt (rollouts): one prefill per prompt;
   ``roofline``: its decode-only tok/s against the bandwidth roofline at its batch, explicitly;
-- ``fast_variant``: attention core ``bmm`` and ``torch.compile`` of the decode step, at 256 slots;
+- ``fast_variant``: attention cores ``bmm`` and ``flex`` (FlexAttention, block-sparse over the padded cache,
+  ``--flex-block``) and ``torch.compile`` of the decode step, at 256 slots;
 - ``--profile``: ``profile``: the fast engine's decode step at the best slot count (k=8 requests):
-  CUDA-graph ms/step and the top-20 CUDA kernels of eager steps (CPU ops without CUDA);
+  CUDA-graph ms/step and the top-20 CUDA kernels of eager steps (CPU ops without CUDA); ``--profile-attn``
+  picks the attention core(s) profiled (comma list, e.g. ``sdpa,flex``: one line each);
 - ``--hf``: ``hf_static_compile`` (static cache + ``CompileConfig(fullgraph=True, mode="reduce-overhead")``,
   each --hf-batches size, compile time apart) and ``hf_generate_batch`` (continuous batching, paged
   attention, max_requests_per_batch = the fast slot count; variants ``cuda_graph`` (forced on) and ``auto``
@@ -35,7 +37,8 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
 Ratios are against ``plain_generate`` from the same run. Roofline: batch * bandwidth / (weight bytes
 + KV bytes read per step), with KV at the mean context (prompt + new/2); bandwidth 4.8e12 B/s on an
 H200, 3.35e12 on an H100 (by device name); ``roofline_static`` uses the cache length the engine
-actually reads (it attends over its whole static cache each step).
+actually reads with attn sdpa/bmm (they attend over the whole static cache each step; flex reads each slot's
+blocks up to its own length only).
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ def main() -> None:
     p.add_argument("--new", type=int, default=None, help="forced new tokens (default 256; --quick 128)")
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--slots", default=None, help="comma list (default 128,256,384,512; --quick 256,512)")
-    p.add_argument("--no-variants", action="store_true", help="skip the bmm / compile variants")
+    p.add_argument("--no-variants", action="store_true", help="skip the bmm / flex / compile variants")
+    p.add_argument("--flex-block", type=int, default=generation.FastOptions.flex_block,
+                   help="attn=flex: the BlockMask's KV block (variants and profile)")
     p.add_argument("--k", type=int, default=8, help="samples per prompt in the shared-prompt case (default 8)")
     p.add_argument("--hf", action="store_true",
                    help="also transformers' fastest paths: hf_static_compile and hf_generate_batch (bench/hf_baselines.py)")
@@ -69,6 +74,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler over a few fast decode steps at the best slot count: top-20 kernels")
     p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--profile-attn", default=generation.FastOptions.attn,
+                   help=f"--profile: attention core(s) to profile, comma list of {generation.ATTN_CORES}")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="skip the --hf figures not yet started after this many seconds (the summary still comes out)")
     args = p.parse_args()
@@ -168,11 +175,18 @@ def main() -> None:
     if args.profile:
         from hf_baselines import profile_fast
 
-        report("profile", **profile_fast(model, tok, shared_prompts, slots=s, new=new, steps=args.profile_steps))
+        for attn in args.profile_attn.split(","):
+            report("profile", **profile_fast(model, tok, shared_prompts, slots=s, new=new, steps=args.profile_steps,
+                                             attn=attn, flex_block=args.flex_block))
     if not args.no_variants:
         s_var = 8 if tiny else 256
         reqs = [GenRequest(prompts[i], temperature=1.0, seed=i) for i in range(s_var)]
         run_fast(reqs, "fast_variant", slots=s_var, attn="bmm")
+        try:  # a failure here (e.g. the flex kernel's compile) must not cost the rest of the run
+            run_fast(reqs, "fast_variant", slots=s_var, attn="flex", flex_block=args.flex_block)
+        except Exception as e:  # noqa: BLE001
+            report("fast_variant", slots=s_var, attn="flex", flex_block=args.flex_block, error=f"{type(e).__name__}: {str(e)[:300]}")
+            free_memory()
         if not tiny:  # inductor on 2 CPU cores takes a minute; the GPU run covers it
             run_fast(reqs, "fast_variant", slots=s_var, compile=True)
 

@@ -241,10 +241,13 @@ def hf_generate_batch(model, tok, cases: dict[str, list[str]], *, new: int, slot
 
 
 # ---- profile: the fast engine's decode step --------------------------------------------------------
-def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps: int, top: int = 20) -> dict:
+def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps: int, top: int = 20,
+                 attn: str | None = None, flex_block: int | None = None) -> dict:
     """``slots`` requests (the given prompts) prefilled into a FastDecoder, then: decode steps as CUDA
     graph replays timed (ms/step), and ``steps`` eager steps under torch.profiler (the kernels the
-    graph replays). Top ``top`` CUDA kernels by total time (CPU ops by self time without CUDA)."""
+    graph replays). Top ``top`` CUDA kernels by total time (CPU ops by self time without CUDA).
+    ``attn`` / ``flex_block``: the decoder's attention core (FastOptions' defaults when None); with "flex"
+    on CUDA the eager steps call the same compiled flex kernel the graph replays."""
     from torch.profiler import ProfilerActivity, profile
 
     from looper_math import generation
@@ -257,13 +260,18 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     ids = generation.encode_prompts(tok, [r.prompt for r in reqs])
     cache_len = generation._round_up(max(len(x) for x in ids) + new, 64)
     steps = max(1, min(steps, (new - 4) // 3))
-    row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=generation.FastOptions.attn,
+    attn = attn or generation.FastOptions.attn
+    flex_block = flex_block or generation.FastOptions.flex_block
+    row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=attn,
                compile=generation.FastOptions.compile)
+    if attn == "flex":
+        row["flex_block"] = flex_block
     dec = None
     try:
         with torch.no_grad():
             dec = FastDecoder(model, slots=len(reqs), cache_len=cache_len, max_new_tokens=new, min_new_tokens=new,
-                              eos=eos, pad=pad, sampled=True, truncate=False)  # top_p 1: as generate_fast builds it
+                              eos=eos, pad=pad, sampled=True, truncate=False,  # top_p 1: as generate_fast builds it
+                              attn=attn, flex_block=flex_block)
             dec.capture()
             dec.prefill(list(range(len(reqs))), ids, reqs)
             sync()

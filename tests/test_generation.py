@@ -221,3 +221,153 @@ def test_fast_rejects_unsupported_architecture(tok):
     m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).eval()
     with pytest.raises(ValueError, match="engine='hf'"):
         run(m, tok, [GenRequest("x")], engine="fast")
+
+
+# ---- attn="flex": FlexAttention with a block-sparse mask against sdpa over the whole cache ---------------
+
+LONG_PROMPT = "Long: " + "the quick brown fox jumps over the lazy dog; " * 3  # 142 tokens: cache_len 192
+
+
+def eos_for_char_model(tok, char: str):
+    """The tiny model with EOS scoring just above ``char``: a row stops on EOS wherever its greedy
+    continuation would have produced ``char`` (some rows stop early, others run to the budget)."""
+    m = tiny_model(tok)
+    head = torch.nn.Linear(m.config.hidden_size, m.config.vocab_size, bias=True)
+    c = tok.convert_tokens_to_ids(char)
+    with torch.no_grad():
+        head.weight.copy_(m.lm_head.weight)
+        head.bias.zero_()
+        head.weight[tok.eos_token_id] = head.weight[c]
+        head.bias[tok.eos_token_id] = 1e-2
+    m.lm_head = head
+    return m
+
+
+def flex_requests(sampled: bool):
+    """More requests than slots (refills mid-run), prompt lengths from 2 to 142 tokens."""
+    prompts = PROMPTS + [LONG_PROMPT] + [p + str(i) for i, p in enumerate(PROMPTS)] + ["Q", LONG_PROMPT[:90]]
+    if not sampled:
+        return [GenRequest(p) for p in prompts]
+    return [GenRequest(p, temperature=0.8 + 0.1 * (i % 3), top_p=0.9 if i % 2 else 1.0, seed=300 + i)
+            for i, p in enumerate(prompts)] + [GenRequest(PROMPTS[0])]
+
+
+def fast_run(m, tok, reqs, attn, seen=None, monkeypatch=None, **opts):
+    if seen is not None:  # record each decoder's cache shapes
+        class Spy(generation.FastDecoder):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                seen.append((self.cache_len, self.K[0].shape[2]))
+
+        monkeypatch.setattr(generation, "FastDecoder", Spy)
+    return generation.generate_fast(m, tok, reqs, max_new_tokens=12, batch_size=3, progress=False,
+                                    options=generation.FastOptions(slots=3, attn=attn, check_every=2, **opts))
+
+
+@pytest.fixture(params=["eager", "block_sparse"])
+def flex_kernel(request, monkeypatch):
+    """The CPU flex path as is (eager flex_attention: mask_mod everywhere), or with a stand-in that reads
+    only the blocks the BlockMask lists (so the per-step in-place block update is checked end to end)."""
+    if request.param == "block_sparse":
+        monkeypatch.setattr(generation, "_attend_flex", block_sparse_attend)
+    return request.param
+
+
+@pytest.mark.parametrize("block", [16, 128])
+def test_flex_greedy_equals_sdpa_with_refills_eos_and_padded_cache(tok, monkeypatch, flex_kernel, block):
+    """Block 128: cache_len 192 is not a multiple of it, the cache is padded to 256; block 16: slots cross
+    many block edges while decoding."""
+    m = eos_for_char_model(tok, "h")
+    reqs = flex_requests(sampled=False)
+    sdpa = fast_run(m, tok, reqs, "sdpa")
+    seen = []
+    flex = fast_run(m, tok, reqs, "flex", seen, monkeypatch, flex_block=block)
+    assert seen == [(192, 256 if block == 128 else 192)]
+    assert flex == sdpa
+    assert any(r.finished and r.num_tokens < 12 for r in sdpa) and any(not r.finished for r in sdpa)
+
+
+def test_flex_seeded_samples_equal_sdpa(model, tok, flex_kernel):
+    reqs = flex_requests(sampled=True)
+    sdpa = fast_run(model, tok, reqs, "sdpa")
+    assert fast_run(model, tok, reqs, "flex") == sdpa  # default block 64: 192 = 3 blocks, no padding
+    assert len({r.text for r in sdpa}) > len(reqs) // 2
+
+
+def test_fast_rejects_unknown_attn_and_bad_flex_block(model, tok):
+    with pytest.raises(ValueError, match="attn must be one of"):
+        generation.FastOptions(attn="flash")
+    with pytest.raises(ValueError, match="flex_block"):
+        generation.FastOptions(attn="flex", flex_block=48)
+    with pytest.raises(ValueError, match="attn must be one of"):
+        generation.FastDecoder(model, slots=1, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                               eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False, attn="Flex")
+
+
+def flex_case(lengths, kv_len=192, block=64, Hkv=2, G=3, D=16, seed=0):
+    """Random q/K/V for slots of the given lengths (valid positions 0..len-1), the engine's FlexDecodeMask
+    for them, and the boolean mask the sdpa path uses."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    q = torch.randn(B, Hkv, G, D, generator=g)
+    K, V = torch.randn(B, Hkv, kv_len, D, generator=g), torch.randn(B, Hkv, kv_len, D, generator=g)
+    pos = torch.tensor(lengths) - 1
+    fm = generation.FlexDecodeMask(pos, G, kv_len, block)
+    return q, K, V, pos, fm
+
+
+def block_sparse_mask(bm) -> torch.Tensor:
+    """[B, kv_len] bool: what a block-sparse kernel attends to under the decode BlockMask ``bm`` -- the
+    full blocks whole, the partial blocks through mask_mod, every other block skipped. (The eager CPU
+    flex_attention applies mask_mod to every position and ignores the block lists, so this checks them.)"""
+    from torch.nn.attention.flex_attention import _ordered_to_dense
+
+    B, kv_len, blk = bm.kv_num_blocks.shape[0], bm.seq_lengths[1], bm.BLOCK_SIZE[1]
+    n = kv_len // blk
+
+    def blocks(num, idx):
+        return _ordered_to_dense(num, idx, n)[:, 0, 0].bool().repeat_interleave(blk, 1)
+
+    full, part = blocks(bm.full_kv_num_blocks, bm.full_kv_indices), blocks(bm.kv_num_blocks, bm.kv_indices)
+    b, kv = torch.arange(B)[:, None].expand(B, kv_len), torch.arange(kv_len)[None].expand(B, kv_len)
+    mod = bm.mask_mod(b, torch.zeros_like(b), torch.zeros_like(b), kv)
+    assert not (full & part).any(), "a block listed both full and partial"
+    return full | (part & mod)
+
+
+def block_sparse_attend(q, K, V, bm, scale):
+    """A stand-in for the compiled kernel: sdpa over exactly the positions the block lists + mask_mod allow."""
+    return generation._attend_sdpa(q, K, V, block_sparse_mask(bm)[:, None, None, :], scale)
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_flex_attention_equals_sdpa_length_mask(block):
+    """Slots of length 1, at block edges, and at full length (192); then the same mask object after pos
+    moves in place (as the captured decode step does)."""
+    lengths = [1, 64, 65, 130, 191, 192]
+    q, K, V, pos, fm = flex_case(lengths, block=block)
+    bm, ptrs = fm.block_mask, [t.data_ptr() for t in fm.block_mask.as_tuple() if torch.is_tensor(t)]
+    for step in range(3):
+        want = torch.arange(fm.kv_len)[None] <= pos[:, None]
+        assert torch.equal(block_sparse_mask(fm.block_mask), want)
+        got = generation._attend_flex(q, K, V, fm.block_mask, 0.25)
+        ref = generation._attend_sdpa(q, K, V, want[:, None, None, :], 0.25)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        pos += torch.tensor([1, 1, 0, 2, 1, 0])  # slot 5 stays at full length
+        fm.update()
+        assert fm.block_mask is bm and [t.data_ptr() for t in bm.as_tuple() if torch.is_tensor(t)] == ptrs
+
+
+@pytest.mark.slow
+def test_flex_attention_compiled_on_cpu_skips_blocks():
+    """The compiled (inductor, block-sparse) kernel on CPU reads only the listed blocks: equal to sdpa, and
+    wrong if the block lists are (~10 s of compile)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q, K, V, pos, fm = flex_case([1, 64, 65, 130, 191, 192])
+    want = (torch.arange(fm.kv_len)[None] <= pos[:, None])[:, None, None, :]
+    flex = torch.compile(flex_attention, dynamic=False)
+    got = flex(q, K, V, block_mask=fm.block_mask, scale=0.25)
+    torch.testing.assert_close(got, generation._attend_sdpa(q, K, V, want, 0.25), rtol=1e-5, atol=1e-5)
+    fm.full_num.zero_()  # the full blocks dropped: the kernel must now give something else
+    assert not torch.allclose(flex(q, K, V, block_mask=fm.block_mask, scale=0.25), got, atol=1e-3)

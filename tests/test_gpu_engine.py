@@ -27,7 +27,7 @@ def cuda_model(tok, dtype):
     return tiny_model(tok).to(device="cuda", dtype=dtype)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "bmm"])
+@pytest.mark.parametrize("attn", ["sdpa", "bmm", "flex"])
 @pytest.mark.parametrize("compile", [False, True])
 def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile):
     m = cuda_model(tok, torch.float32)
@@ -59,3 +59,29 @@ def test_fast_forced_length_and_eos_on_cuda(tok):
     res = generate(m, tok, [GenRequest(p, temperature=1.0, seed=i) for i, p in enumerate(PROMPTS)],
                    max_new_tokens=40, min_new_tokens=40, engine="fast", progress=False)
     assert all(r.num_tokens == 40 and not r.finished for r in res)
+
+
+@pytest.mark.parametrize("block", [16, 128])
+@pytest.mark.parametrize("compile", [False, True])
+def test_flex_equals_sdpa_under_cuda_graph_fp32(tok, monkeypatch, compile, block):
+    """attn='flex' (compiled flex_attention, BlockMask updated in place inside the captured step) gives the
+    same tokens as sdpa over the whole cache: greedy and seeded samples, refills, prompts up to 142 tokens and
+    64 new ones (cache_len 256; block 16: every slot crosses several block edges while decoding)."""
+    from test_generation import LONG_PROMPT
+
+    m = cuda_model(tok, torch.float32)
+    reqs = mixed_requests() * 2 + [GenRequest(LONG_PROMPT), GenRequest(LONG_PROMPT[:70], temperature=1.0, seed=5)]
+    graphs = []
+
+    class Spy(generation.FastDecoder):
+        def capture(self):
+            super().capture()
+            graphs.append(self.graph is not None)
+
+    monkeypatch.setattr(generation, "FastDecoder", Spy)
+    call = dict(max_new_tokens=64, batch_size=8, stop_strings=["*_"], progress=False)
+    sdpa = generation.generate_fast(m, tok, reqs, **call, options=generation.FastOptions(slots=8, compile=compile))
+    flex = generation.generate_fast(m, tok, reqs, **call, options=generation.FastOptions(
+        slots=8, attn="flex", flex_block=block, compile=compile))
+    assert graphs == [True, True]
+    assert flex == sdpa

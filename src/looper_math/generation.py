@@ -346,10 +346,27 @@ class FastOptions:
     # and memory caps it near 512 there; a 0.5B model's step costs about the same at 2,048 slots as at 512, so
     # small models get the large batches.
     max_slots: int = 2048
-    attn: str = "sdpa"  # decode attention core: "sdpa" (grouped query folded into q_len) or "bmm"
+    # decode attention core: "sdpa" (grouped query folded into q_len, boolean length mask over the whole static
+    # cache), "bmm" (matmul + softmax, the same mask) or "flex" (FlexAttention with a BlockMask updated in place
+    # each step: each slot reads only the KV blocks up to its own position; compiled on CUDA; see FlexDecodeMask)
+    attn: str = "sdpa"
+    flex_block: int = 64  # attn="flex": KV block of the BlockMask (a power of two >= 16); the cache is padded to it
     compile: bool = False  # torch.compile the decoder layer before graph capture (bench measures both)
     check_every: int = 16  # decode steps between host syncs (finished rows, stop strings, refills)
     prefill_tokens: int = 16384  # padded prompt tokens per prefill forward
+
+    def __post_init__(self):
+        _check_attn(self.attn, self.flex_block)
+
+
+ATTN_CORES = ("sdpa", "bmm", "flex")
+
+
+def _check_attn(attn: str, flex_block: int) -> None:
+    if attn not in ATTN_CORES:
+        raise ValueError(f"FastOptions.attn must be one of {ATTN_CORES}, got {attn!r}")
+    if not (isinstance(flex_block, int) and flex_block >= 16 and flex_block & (flex_block - 1) == 0):
+        raise ValueError(f"FastOptions.flex_block must be a power of two >= 16, got {flex_block!r}")
 
 
 def _round_up(x: int, m: int) -> int:
@@ -366,6 +383,87 @@ def _attend_bmm(q, K, V, mask, scale):
     scores = torch.matmul(q, K.transpose(-1, -2)).float() * scale
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1).to(V.dtype), V)
+
+
+_FLEX_COMPILED = None
+
+
+def _flex_compiled():
+    """``torch.compile(flex_attention)``, created once per process (the fused Triton kernel; without compile
+    flex_attention materializes the full score matrix). ``dynamic=False``: the decode kernel (flex_decoding)
+    needs static batch and head counts, and each decoder's shapes are fixed anyway."""
+    global _FLEX_COMPILED
+    if _FLEX_COMPILED is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED
+
+
+def _attend_flex(q, K, V, block_mask, scale):
+    """FlexAttention over the slot caches with a ``FlexDecodeMask.block_mask``; plain (uncompiled)
+    flex_attention: the CPU path, and the one traced when the whole decoder layer is torch.compiled.
+    q [B, Hkv, G, D] folded as for sdpa: flex then sees Hq == Hkv (no enable_gqa), so its decode kernel
+    applies whatever G is (with enable_gqa it requires Hq / Hkv to be a power of two, e.g. not Qwen2's 7),
+    and K/V are read once per KV head."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, K, V, block_mask=block_mask, scale=scale)
+
+
+def _attend_flex_compiled(q, K, V, block_mask, scale):
+    """``_attend_flex`` through the process-wide compiled flex_attention (CUDA, layer not compiled)."""
+    return _flex_compiled()(q, K, V, block_mask=block_mask, scale=scale)
+
+
+def _flex_cache_len(cache_len: int, block: int) -> int:
+    """Cache length allocated for attn="flex": padded to a multiple of the KV block so the BlockMask has whole
+    blocks (the padding is never read: no slot's length reaches it)."""
+    return _round_up(cache_len, block)
+
+
+class FlexDecodeMask:
+    """The decode step's BlockMask for attn="flex": one query row per slot (q_len = the G folded query heads)
+    against that slot's cache [0, kv_len), kv_len a multiple of ``block``.
+
+    Valid positions of slot b are 0..pos[b] (pos[b]: where this step's token is written, so inclusive).
+    Blocks wholly below pos[b] + 1 are "full" (no mask_mod applied), the block holding pos[b] (if it is not
+    complete) is the one "partial" block, where ``mask_mod`` (kv_idx <= pos[b], reading the live ``pos``
+    tensor) cuts the tail; blocks above are never read. All tensors have fixed shapes and addresses and
+    ``update()`` rewrites them in place from ``pos`` with device ops only (no host sync), so the same
+    BlockMask object serves every step of a captured CUDA graph.
+    """
+
+    def __init__(self, pos: torch.Tensor, q_len: int, kv_len: int, block: int):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        if kv_len % block:
+            raise ValueError(f"kv_len {kv_len} is not a multiple of the flex block {block}")
+        B, dev = pos.shape[0], pos.device
+        self.pos, self.block, self.kv_len, self.n_blocks = pos, block, kv_len, kv_len // block
+        idx = torch.arange(self.n_blocks, dtype=torch.int32, device=dev).expand(B, 1, 1, self.n_blocks)
+        self.full_num = torch.zeros(B, 1, 1, dtype=torch.int32, device=dev)
+        self.full_idx = idx.contiguous()  # fixed: blocks 0..full_num-1
+        self.partial_num = torch.zeros(B, 1, 1, dtype=torch.int32, device=dev)  # 0 or 1
+        self.partial_idx = idx.contiguous()  # [..., 0] rewritten: the block holding pos
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx <= pos[b]
+
+        # q blocks are only for the backward pass (compute_q_blocks=False: nothing stale to keep in sync)
+        self.block_mask = BlockMask.from_kv_blocks(
+            self.partial_num, self.partial_idx, self.full_num, self.full_idx, BLOCK_SIZE=(128, block),
+            mask_mod=mask_mod, seq_lengths=(q_len, kv_len), compute_q_blocks=False,
+        )
+        self.update()
+
+    def update(self) -> None:
+        B = self.pos.shape[0]
+        n = (self.pos + 1).clamp(1, self.kv_len)  # valid positions per slot
+        full = torch.div(n, self.block, rounding_mode="floor")
+        self.full_num.copy_(full.view(B, 1, 1))
+        self.partial_num.copy_((n % self.block != 0).view(B, 1, 1))
+        self.partial_idx[:, 0, 0, 0].copy_(full.clamp(max=self.n_blocks - 1))
 
 
 def _decode_layer(layer, h, cos, sin, K, V, write, mask, rope, attend, Hkv: int, G: int, D: int):
@@ -398,11 +496,14 @@ class FastDecoder:
     mask, grouped-query heads folded so K/V are read once. Sampling (the same ``sample_rows`` as the
     hf engine, with per-request seeded uniforms), EOS/min/max bookkeeping all run on device inside
     the step, so on CUDA the whole step is captured once as a CUDA graph and replayed.
+    ``attn`` picks the attention core (``ATTN_CORES``, see ``FastOptions.attn``); with "flex" the cache is
+    padded to a multiple of ``flex_block`` and ``FlexDecodeMask`` limits each slot's reads to its own length.
     """
 
     def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
                  eos: list[int], pad: int, sampled: bool, attn: str = FastOptions.attn, compile: bool = FastOptions.compile,
-                 truncate: bool = True, prefill_tokens: int = FastOptions.prefill_tokens):
+                 truncate: bool = True, prefill_tokens: int = FastOptions.prefill_tokens,
+                 flex_block: int = FastOptions.flex_block):
         from peft import PeftModel
 
         causal = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -412,6 +513,7 @@ class FastDecoder:
         window = getattr(config, "sliding_window", None)  # absent on Llama configs
         if window is not None and getattr(config, "use_sliding_window", True) and cache_len > window:
             raise ValueError(f"cache length {cache_len} exceeds the sliding window {window}; use engine='hf'")
+        _check_attn(attn, flex_block)
         import importlib
 
         self.rope = importlib.import_module(type(causal).__module__).apply_rotary_pos_emb
@@ -423,9 +525,13 @@ class FastDecoder:
         self.head_dim = first.head_dim
         self.kv_heads = config.num_key_value_heads
         self.groups = first.num_key_value_groups
-        self.attend = {"sdpa": _attend_sdpa, "bmm": _attend_bmm}[attn]
         B, L, dev = slots, cache_len, self.device
-        self.slots, self.cache_len = B, L
+        self.slots, self.cache_len, self.attn = B, L, attn
+        if attn == "flex":  # the compiled kernel on CUDA (traced with the layer when that is compiled)
+            self.attend = _attend_flex_compiled if dev.type == "cuda" and not compile else _attend_flex
+            L = _flex_cache_len(cache_len, flex_block)
+        else:
+            self.attend = {"sdpa": _attend_sdpa, "bmm": _attend_bmm}[attn]
         self.max_new, self.min_new, self.sampled, self.truncate = max_new_tokens, min_new_tokens, sampled, truncate
         self.prefill_tokens = prefill_tokens
         self.K = [torch.zeros(B, self.kv_heads, L, self.head_dim, dtype=dtype, device=dev) for _ in self.decoder.layers]
@@ -446,6 +552,7 @@ class FastDecoder:
         self.temperature = torch.zeros(B, dtype=torch.float32, device=dev)
         self.top_p = torch.ones(B, dtype=torch.float32, device=dev)
         self.greedy = torch.ones(B, dtype=torch.bool, device=dev)
+        self.flex = FlexDecodeMask(self.pos, self.groups, L, flex_block) if attn == "flex" else None
         # regional compilation: one compiled layer reused by all layers (fuses the norms, rotary and
         # residual adds that otherwise cost ~45 small kernels per layer per step)
         self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
@@ -456,7 +563,11 @@ class FastDecoder:
         B, Hkv, G, D = self.slots, self.kv_heads, self.groups, self.head_dim
         h = self.decoder.embed_tokens(tokens[:, None])
         cos, sin = self.decoder.rotary_emb(h, pos[:, None])
-        mask = (self.cols[None, :] <= pos[:, None])[:, None, None, :]
+        if self.flex is not None:  # its mask_mod reads self.pos, the only pos this is called with
+            self.flex.update()
+            mask = self.flex.block_mask
+        else:
+            mask = (self.cols[None, :] <= pos[:, None])[:, None, None, :]
         write = pos.view(B, 1, 1, 1).expand(B, Hkv, 1, D)
         for layer, K, V in zip(self.decoder.layers, self.K, self.V):
             h = self._layer(layer, h, cos, sin, K, V, write, mask, self.rope, self.attend, Hkv, G, D)
@@ -503,6 +614,7 @@ class FastDecoder:
         a rollout round's decoder must be gone before the next round sizes and allocates its own."""
         self.graph = None
         self.K, self.V = [], []
+        self.flex = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -586,11 +698,13 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
     ids = encode_prompts(tokenizer, [r.prompt for r in requests])
     # one cache length per call (one graph); multiple of 64 keeps attention kernels aligned
     cache_len = _round_up(max(len(x) for x in ids) + max_new_tokens, 64)
-    n_slots = o.slots or fast_slots(model, batch_size, cache_len, len(requests), o.max_slots)
+    alloc_len = _flex_cache_len(cache_len, o.flex_block) if o.attn == "flex" else cache_len
+    n_slots = o.slots or fast_slots(model, batch_size, alloc_len, len(requests), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad,
                       sampled=any(r.temperature > 0 for r in requests), attn=o.attn, compile=o.compile,
-                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests), prefill_tokens=o.prefill_tokens)
+                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests), prefill_tokens=o.prefill_tokens,
+                      flex_block=o.flex_block)
     dec.capture()
     # longest first, identical prompts adjacent so a refill prefills them once
     queue = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
