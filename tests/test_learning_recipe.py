@@ -292,9 +292,11 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     assert summary["steps"] == 2 and summary["generation"] == generation
     if generation == "looper":  # the sampler's share of the training time, for the speed work
         assert 0 < summary["sampling_seconds"] <= summary["seconds"] and 0 < summary["sampling_share"] <= 1
+        assert summary["sampling_calls"] >= 2 and 0 < summary["sampling_first_call_seconds"] <= summary["sampling_seconds"]
     else:
         assert "sampling_seconds" not in summary
     assert len(summary["rewards"]) == 2 and all(math.isfinite(r) for _, r in summary["rewards"])
+    assert summary["peak_memory"]["peak_rss_gib"][0] > 0  # CPU: the process's peak resident set
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
     events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))
     assert events, "grpo.report_to=tensorboard wrote no event file"

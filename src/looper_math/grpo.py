@@ -34,7 +34,7 @@ from looper_math.runio import DataError, check_output
 from looper_math.seeds import stable_seed
 from looper_math.task import GSM8K
 from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main,
-                                       launched_state, loss_line, prepare_output, save_final, resume_and_train)
+                                       launched_state, loss_line, peak_memory, prepare_output, save_final, resume_and_train)
 
 
 def completion_text(completion) -> str:
@@ -90,6 +90,7 @@ class MergedRollouts:
         self.copy = None
         self.calls = 0
         self.seconds = 0.0  # weight sync + sampling + prompt encoding, summed over calls (the summary's sampling share)
+        self.first_seconds = None  # the first call's, which also loads the private copy
         self.step, self.in_step = -1, 0  # generations within one optimizer step (seeds survive a resume)
 
     def sync(self, policy) -> None:
@@ -122,7 +123,9 @@ class MergedRollouts:
                            engine=self.cfg.eval.engine, progress=False)
         out = {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
                "logprobs": None}
-        self.seconds += time.perf_counter() - t0  # generate returns host lists: the GPU work is finished
+        dt = time.perf_counter() - t0  # generate returns host lists: the GPU work is finished
+        self.seconds += dt
+        self.first_seconds = dt if self.first_seconds is None else self.first_seconds
         return out
 
 
@@ -193,10 +196,12 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         "phase": "grpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
         "questions": len(train_ds), "num_generations": g.num_generations, "generation": g.generation, "steps": trainer.state.global_step,
         "train_loss": train_loss, "rewards": rewards, "seconds": round(seconds, 2), "resumed_from": ckpt,
-        "processes": trainer.args.world_size, **meter.steady(),
+        "processes": trainer.args.world_size, **meter.steady(), "peak_memory": peak_memory(trainer),
     }
     if rollout is not None:  # where a step's time goes: sampling (this process's engine) vs TRL's scoring and training
         summary["sampling_seconds"] = round(rollout.seconds, 2)
+        summary["sampling_calls"] = rollout.calls
+        summary["sampling_first_call_seconds"] = round(rollout.first_seconds or 0.0, 2)
         summary["sampling_share"] = round(rollout.seconds / seconds, 4) if seconds > 0 else None
     save_final(trainer, tokenizer, out_dir, cfg, summary)
     if is_main(dist):
