@@ -416,10 +416,10 @@ def _attend_flex_compiled(q, K, V, block_mask, scale):
     return _flex_compiled()(q, K, V, block_mask=block_mask, scale=scale)
 
 
-def _flex_cache_len(cache_len: int, block: int) -> int:
-    """Cache length allocated for attn="flex": padded to a multiple of the KV block so the BlockMask has whole
-    blocks (the padding is never read: no slot's length reaches it)."""
-    return _round_up(cache_len, block)
+def _alloc_len(cache_len: int, attn: str, flex_block: int) -> int:
+    """Cache length a decoder allocates: ``cache_len``, or for attn="flex" padded to a multiple of the KV block
+    so the BlockMask has whole blocks (the padding is never read: no slot's length reaches it)."""
+    return _round_up(cache_len, flex_block) if attn == "flex" else cache_len
 
 
 class FlexDecodeMask:
@@ -525,11 +525,10 @@ class FastDecoder:
         self.head_dim = first.head_dim
         self.kv_heads = config.num_key_value_heads
         self.groups = first.num_key_value_groups
-        B, L, dev = slots, cache_len, self.device
-        self.slots, self.cache_len, self.attn = B, L, attn
+        B, L, dev = slots, _alloc_len(cache_len, attn, flex_block), self.device
+        self.slots, self.cache_len, self.attn = B, cache_len, attn
         if attn == "flex":  # the compiled kernel on CUDA (traced with the layer when that is compiled)
             self.attend = _attend_flex_compiled if dev.type == "cuda" and not compile else _attend_flex
-            L = _flex_cache_len(cache_len, flex_block)
         else:
             self.attend = {"sdpa": _attend_sdpa, "bmm": _attend_bmm}[attn]
         self.max_new, self.min_new, self.sampled, self.truncate = max_new_tokens, min_new_tokens, sampled, truncate
@@ -698,8 +697,7 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
     ids = encode_prompts(tokenizer, [r.prompt for r in requests])
     # one cache length per call (one graph); multiple of 64 keeps attention kernels aligned
     cache_len = _round_up(max(len(x) for x in ids) + max_new_tokens, 64)
-    alloc_len = _flex_cache_len(cache_len, o.flex_block) if o.attn == "flex" else cache_len
-    n_slots = o.slots or fast_slots(model, batch_size, alloc_len, len(requests), o.max_slots)
+    n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), len(requests), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad,
                       sampled=any(r.temperature > 0 for r in requests), attn=o.attn, compile=o.compile,
@@ -768,7 +766,7 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
             if process() and queue:
                 refill()
                 continue
-            if all(o is None for o in owner):
+            if all(x is None for x in owner):  # (not `o`: that names the options here)
                 break
             for _ in range(o.check_every):
                 dec.step()
