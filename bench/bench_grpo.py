@@ -96,9 +96,9 @@ def main() -> None:
         if args.deadline_s is not None and time.perf_counter() - t0 > args.deadline_s:
             report({"figure": name, "error": "skipped: --deadline-s reached"})
             continue
-        odir = f"checkpoints/bench_grpo_{name}"
+        odir, own = f"checkpoints/bench_grpo_{name}", variant_sets(name, cfg.grpo)
         sets = ["grpo.init_adapter=" + init, "grpo.output_dir=" + odir, f"grpo.max_steps={args.steps}",
-                f"grpo.save_steps={args.steps * 100}", "grpo.logging_steps=1", "grpo.report_to=none"] + variant_sets(name, cfg.grpo)
+                f"grpo.save_steps={args.steps * 100}", "grpo.logging_steps=1", "grpo.report_to=none"] + own
         t = time.perf_counter()
         proc = subprocess.run(cli + ["grpo"] + common + [x for s in sets for x in ("--set", s)] + ["--overwrite"],
                               capture_output=True, text=True)
@@ -111,7 +111,7 @@ def main() -> None:
         if name == "base":
             base_sps = sps
         rewards = [r for _, r in s.get("rewards", [])]
-        row = {"figure": name, "sets": variant_sets(name, cfg.grpo), "steps": s["steps"], "wall_s": round(wall, 1),
+        row = {"figure": name, "sets": own, "steps": s["steps"], "wall_s": round(wall, 1),
                "train_seconds": s["seconds"], "steady_seconds_per_step": sps,
                "x_base_speed": round(base_sps / sps, 3) if base_sps and sps else None,
                "steady_tokens_per_s": s.get("steady_tokens_per_s"), "peak_memory": s.get("peak_memory"),

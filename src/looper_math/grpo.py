@@ -125,7 +125,8 @@ class MergedRollouts:
                "logprobs": None}
         dt = time.perf_counter() - t0  # generate returns host lists: the GPU work is finished
         self.seconds += dt
-        self.first_seconds = dt if self.first_seconds is None else self.first_seconds
+        if self.first_seconds is None:
+            self.first_seconds = dt
         return out
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from looper_math.config import Config
-from looper_math.layout import Output, RunLayout, round_config  # noqa: F401 - round_config: the public name here too
+from looper_math.layout import Output, RunLayout, round_config
 from looper_math.errors import StaleOutputError, UsageError
 from looper_math.runio import read_json
 
