@@ -8,14 +8,17 @@
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
 # finished steps are skipped without starting Python (their summary exists), a step cut by the deadline
 # resumes from its last checkpoint.
-#   main       (three calls of ~9.5 min; about 25 min with the model conversion)
-#              seed 1: `looper-math run` on the dev split: base rollouts (eval prompt) -> RFT SFT -> GRPO
-#              (one round of 70 steps, binary correctness reward, fast-engine sampling) -> dev evals; then
-#              base, SFT and GRPO on the test split + paired tests.
-#              seed 2 (run dir runs/qwen05_seed2; base-rollout, SFT and GRPO seeds changed): the same
-#              training phases, its GRPO and SFT checkpoints on the test split + paired tests (against the
+#   main       (three calls of < 10 min with the model conversion; jobs that need no result of each other share
+#              the GPU side by side: `bg`/`join` in stage_lib.sh)
+#              seed 1 (runs/qwen05): base rollouts (eval prompt) -> RFT SFT; GRPO (one round of 70 steps, binary
+#              correctness reward, fast-engine sampling) at each grpo.learning_rate in LRS, side by side; dev evals
+#              of base, SFT and every candidate; the best on dev is chosen (outputs/lr_choice.txt) and only it is
+#              evaluated on the test split, with base and SFT + paired tests.
+#              seed 2 (run dir runs/qwen05_seed2; base-rollout, SFT and GRPO seeds changed; its SFT beside seed 1's):
+#              GRPO at the chosen learning rate, its SFT and GRPO on the test split + paired tests (against the
 #              same base eval), then on the dev split.
-#   seed1, seed2  the two halves of main, for sessions that can hold only one seed's run
+#   seed1, seed2  the two halves of main, for sessions that can hold only one seed's run (seed2 alone takes the
+#              config's learning rate when seed 1 has not chosen one on this machine)
 #   ablations  from seed 1's SFT adapter, dev and test: (a) GRPO with the Regime W reward (correct +
 #              coherence - length), (c) the same with the label-free s_cf (peers only, no reference program),
 #              (b') the offline recipe: rollouts from SFT -> correctness-first pairs -> DPO + NLL (`policy: dpo`).
@@ -30,23 +33,49 @@ source "$(dirname "$0")/stage_lib.sh"
 SEED2=(--set run_dir="$S2" --set rollouts.seed=1 --set sft.seed=43 --set grpo.seed=142)
 RW=(--set grpo.reward=regime_w)
 
-seed1() {
-  have "$R/outputs/grpo_dev_eval.jsonl" || step $L run -c "$CFG" || true
-  evaltest base none; evaltest sft sft; evaltest grpo "$R/checkpoints/grpo_lora"
-  cmp base_test_eval sft_test_eval; cmp sft_test_eval grpo_test_eval; cmp base_test_eval grpo_test_eval
+LRS="${LRS:-1e-4 2e-4}"   # grpo.learning_rate candidates for seed 1, chosen by dev accuracy (pick)
+sft1() { have "$R/checkpoints/sft_lora" || step $L sft -c "$CFG" --resume; }          # base rollouts -> RFT SFT
+sft2() { have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume; }
+cand() { have "$R/checkpoints/grpo_lr$1" ||
+  step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/grpo_lr$1" --set grpo.learning_rate="$1" --resume; }
+pick() {  # the candidate with the best dev accuracy (the first of LRS on a tie) -> $R/outputs/lr_choice.txt
+  python3 - "$R/outputs" $LRS <<'PY'
+import json, sys
+out, lrs = sys.argv[1], sys.argv[2:]
+acc = {lr: json.load(open(f"{out}/grpo_lr{lr}_dev_eval.summary.json"))["accuracy"] for lr in lrs}
+best = max(lrs, key=lambda lr: (acc[lr], -lrs.index(lr)))
+with open(f"{out}/lr_choice.txt", "w") as f:
+    f.write("".join(f"grpo.learning_rate {lr}: dev accuracy {acc[lr]:.4f}\n" for lr in lrs) + f"chosen {best}\n")
+print(best)
+PY
 }
-seed2() {  # the run's training phases (sft collects its base rollouts first); its evals land in $R/outputs
-  have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume || true
-  have "$S2/checkpoints/grpo_lora" || step $L grpo -c "$CFG" "${SEED2[@]}" --resume || true
-  evaltest base none; evaltest seed2_grpo "$S2/checkpoints/grpo_lora"
+chosen() { sed -n 's/^chosen //p' "$R/outputs/lr_choice.txt" 2>/dev/null; }
+grpo2() { have "$S2/checkpoints/grpo_lora" ||
+  step $L grpo -c "$CFG" "${SEED2[@]}" --set grpo.learning_rate="$1" --resume; }
+seed1() {  # SFT; GRPO at each LRS candidate side by side; dev evals; pick; base, SFT and the chosen GRPO on test
+  [ -n "${1:-}" ] && bg sft2 sft2; bg sft1 sft1; join
+  for lr in $LRS; do bg "grpo_lr$lr" cand "$lr"; done; join
+  bg base_dev evaldev base none; bg sft_dev evaldev sft sft
+  for lr in $LRS; do bg "grpo_lr${lr}_dev" evaldev "grpo_lr$lr" "$R/checkpoints/grpo_lr$lr"; done; join
+  for lr in $LRS; do cmp sft_dev_eval "grpo_lr${lr}_dev_eval"; done
+  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$(pick) || { FAILED=1; echo "=== no pick: candidates unfinished"; return 1; }
+  echo "=== chosen grpo.learning_rate $lr"; cat "$R/outputs/lr_choice.txt"
+  [ -n "${1:-}" ] && bg seed2_grpo grpo2 "$lr"
+  bg base_test evaltest base none; bg sft_test evaltest sft sft; bg grpo_test evaltest grpo "$R/checkpoints/grpo_lr$lr"; join
+  cmp base_test_eval sft_test_eval; cmp sft_test_eval grpo_test_eval; cmp base_test_eval grpo_test_eval
+  return 0
+}
+seed2() {  # seed 2 at seed 1's chosen learning rate (the config's when seed 1 has not chosen), its evals
+  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['grpo']['learning_rate'])")
+  bg sft2 sft2; join; bg seed2_grpo grpo2 "$lr"; join
+  bg s2_gt evaltest seed2_grpo "$S2/checkpoints/grpo_lora"; bg s2_st evaltest seed2_sft "$S2/checkpoints/sft_lora"
+  bg s2_sd evaldev seed2_sft "$S2/checkpoints/sft_lora"; bg s2_gd evaldev seed2_grpo "$S2/checkpoints/grpo_lora"; join
   cmp base_test_eval seed2_grpo_test_eval; cmp grpo_test_eval seed2_grpo_test_eval
-  evaltest seed2_sft "$S2/checkpoints/sft_lora"; cmp seed2_sft_test_eval seed2_grpo_test_eval
-  evaldev seed2_sft "$S2/checkpoints/sft_lora"; evaldev seed2_grpo "$S2/checkpoints/grpo_lora"
-  cmp seed2_sft_dev_eval seed2_grpo_dev_eval
+  cmp seed2_sft_test_eval seed2_grpo_test_eval; cmp seed2_sft_dev_eval seed2_grpo_dev_eval
 }
 case "$STAGE" in
-  main) seed1; seed2 ;;
-  seed1) seed1 ;;   # main, one seed per device session (a longer recipe than two seeds fit in 30 minutes)
+  main) seed1 with-seed2 && seed2 ;;   # seed 2 never starts GRPO before the learning rate is chosen   # seed 2's SFT and GRPO run beside seed 1's jobs
+  seed1) seed1 ;;   # main, one seed per device session
   seed2) seed2 ;;
   ablations)
     have "$R/checkpoints/sft_lora" || step $L run -c "$CFG" || true
