@@ -1,6 +1,8 @@
 """Paired tests recomputed from committed per-example eval files (plain or gzip JSONL): one line per pair.
 
-    python bench/mcnemar_table.py DIR A:B [A:B ...]     (A, B: eval names in DIR, without .jsonl[.gz])
+    python bench/mcnemar_table.py DIR A:B [A:B ...]     (A, B: eval names in DIR, without .jsonl[.gz]; a
+                                                        relative path such as ../../other/outputs/NAME reaches
+                                                        another run's committed files)
 
 Each line: n, accuracy of A -> B, the delta in points, b01/b10 (questions only B / only A gets right) and
 the exact McNemar p (looper_math.compare, the same code as `looper-math compare`).
@@ -22,7 +24,7 @@ def resolve(d: Path, name: str, tmp: Path) -> Path:
         if p.exists():
             if p.suffix != ".gz":
                 return p
-            out = tmp / f"{name}.jsonl"
+            out = tmp / f"{name.replace('/', '_')}.jsonl"
             with gzip.open(p, "rb") as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             return out
