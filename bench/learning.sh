@@ -9,7 +9,7 @@
 # finished steps are skipped without starting Python (their summary exists), a step cut by the deadline
 # resumes from its last checkpoint.
 #   main       (three calls of < 10 min with the model conversion; jobs that need no result of each other share
-#              the GPU side by side: `bg`/`join` in stage_lib.sh)
+#              the GPU side by side: `bg`/`join` in stage_lib.sh; that saves little, the GPU is busy either way)
 #              seed 1 (runs/qwen05): base rollouts (eval prompt) -> RFT SFT; GRPO (one round of 70 steps, binary
 #              correctness reward, fast-engine sampling) at each grpo.learning_rate in LRS, side by side; dev evals
 #              of base, SFT and every candidate; the best on dev is chosen (outputs/lr_choice.txt) and only it is
@@ -33,7 +33,9 @@ source "$(dirname "$0")/stage_lib.sh"
 SEED2=(--set run_dir="$S2" --set rollouts.seed=1 --set sft.seed=43 --set grpo.seed=142)
 RW=(--set grpo.reward=regime_w)
 
-LRS="${LRS:-1e-4 2e-4}"   # grpo.learning_rate candidates for seed 1, chosen by dev accuracy (pick)
+# grpo.learning_rate candidates for seed 1, the best on dev is chosen (pick); default: the config's rate alone.
+# RESULTS.md section 0 chose the config's 1e-4 with LRS="1e-4 2e-4" (two candidates side by side: ~770 s more)
+LRS="${LRS:-$(python3 -c "import yaml; print('%g' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate']))")}"
 sft1() { have "$R/checkpoints/sft_lora" || step $L sft -c "$CFG" --resume; }          # base rollouts -> RFT SFT
 sft2() { have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume; }
 cand() { have "$R/checkpoints/grpo_lr$1" ||
