@@ -76,7 +76,7 @@ seed2() {  # seed 2 at seed 1's chosen learning rate (the config's when seed 1 h
   cmp seed2_sft_test_eval seed2_grpo_test_eval; cmp seed2_sft_dev_eval seed2_grpo_dev_eval
 }
 case "$STAGE" in
-  main) seed1 with-seed2 && seed2 ;;   # seed 2 never starts GRPO before the learning rate is chosen   # seed 2's SFT and GRPO run beside seed 1's jobs
+  main) seed1 with-seed2 && seed2 ;;   # seed 2's SFT beside seed 1's; its GRPO only once the learning rate is chosen
   seed1) seed1 ;;   # main, one seed per device session
   seed2) seed2 ;;
   ablations)

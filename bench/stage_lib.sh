@@ -8,7 +8,7 @@
 #   cmp A B              exact McNemar of two eval files in $R/outputs -> compare_A__B.txt
 #   bg NAME CMD...       start CMD (a step, or a function such as evaldev) beside others on the same GPU, its
 #                        output appended to $R/logs/NAME.log; `join` waits for them all and prints one line each
-#                        (small models leave the GPU idle between kernels: side-by-side jobs fill it)
+#                        (measured on the 0.5B, RESULTS.md section 0: two SFT steps 1.2x, two GRPO runs about 1x)
 #   pack                 summaries, per-example eval rows, pair and train summaries of $R and of the run dirs in
 #                        PACK_DIRS -> $OUT/stage$STAGE.tgz; says whether every step of the stage finished
 START=$SECONDS; RESERVE=25
