@@ -1,13 +1,13 @@
 # Sourced by the GPU-machine scripts (learning.sh, gpu_pipeline.sh): put the carried wheels on the path
-# (installed once per machine into /tmp/site) and, where the model came in parts, join them, check the
-# SHA256 and convert the GGUF into a plain bf16 folder $M/qwen05 (once). Needs M, WHEELS; exits on error.
+# (installed once per machine into /tmp/site, found there by later calls that do not carry them) and, where
+# the model came in parts, join them, check the SHA256 and convert the GGUF into a plain bf16 folder
+# $M/qwen05 (once). Needs M, WHEELS; exits on error.
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PWD/src"
-else
-  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# /tmp/site stays on a warm machine: later calls need not carry the wheels again
+if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site:$PWD/src"; else export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"; fi
 if [ -f "$M/SHA256" ] && [ ! -f "$M/qwen05/config.json" ]; then
   cat "$M"/part_* > "$M/model.gguf" || exit 1
   want=$(cut -d' ' -f1 "$M/SHA256"); got=$(sha256sum "$M/model.gguf" | cut -d' ' -f1)
