@@ -35,7 +35,8 @@ RW=(--set grpo.reward=regime_w)
 
 # grpo.learning_rate candidates for seed 1, the best on dev is chosen (pick); default: the config's rate alone.
 # RESULTS.md section 0 chose the config's 1e-4 with LRS="1e-4 2e-4" (two candidates side by side: ~770 s more)
-LRS="${LRS:-$(python3 -c "import yaml; print('%g' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate']))")}"
+CFG_LR=$(python3 -c "import yaml; print('%g' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate']))")
+LRS="${LRS:-$CFG_LR}"
 sft1() { have "$R/checkpoints/sft_lora" || step $L sft -c "$CFG" --resume; }          # base rollouts -> RFT SFT
 sft2() { have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume; }
 cand() { have "$R/checkpoints/grpo_lr$1" ||
@@ -68,7 +69,7 @@ seed1() {  # SFT; GRPO at each LRS candidate side by side; dev evals; pick; base
   return 0
 }
 seed2() {  # seed 2 at seed 1's chosen learning rate (the config's when seed 1 has not chosen), its evals
-  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['grpo']['learning_rate'])")
+  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$CFG_LR
   bg sft2 sft2; join; bg seed2_grpo grpo2 "$lr"; join
   bg s2_gt evaltest seed2_grpo "$S2/checkpoints/grpo_lora"; bg s2_st evaltest seed2_sft "$S2/checkpoints/sft_lora"
   bg s2_sd evaldev seed2_sft "$S2/checkpoints/sft_lora"; bg s2_gd evaldev seed2_grpo "$S2/checkpoints/grpo_lora"; join
