@@ -137,7 +137,7 @@ def main() -> None:
         tps = tokens / warm.seconds
         decode_s = warm.seconds - prefill.seconds
         decode_tps = len(reqs) * (new - 1) / decode_s if decode_s > 0 else float("nan")
-        cache_len = generation._round_up(prompt_len + 1 + new, 64)
+        cache_len = generation.fast_cache_len(prompt_len + 1, new)
         row = dict(slots=slots, requests=len(reqs), first_call_s=round(first.seconds, 2),
                    seconds=round(warm.seconds, 2), prefill_s=round(prefill.seconds, 2), tok_s=round(tps, 1),
                    decode_tok_s=round(decode_tps, 1), x_plain_generate=round(tps / base_tps, 2),
@@ -170,7 +170,7 @@ def main() -> None:
            weight_bytes=weight_bytes, kv_bytes_per_token=kvpt, mean_context=mean_ctx, roofline_tok_s=round(rl, 1),
            decode_tok_s=shared["decode_tok_s"], decode_share_of_roofline=round(shared["decode_tok_s"] / rl, 4),
            tok_s=shared["tok_s"], share_of_roofline=round(shared["tok_s"] / rl, 4),
-           roofline_static_tok_s=round(roofline(s, generation._round_up(prompt_len + 1 + new, 64)), 1),
+           roofline_static_tok_s=round(roofline(s, generation.fast_cache_len(prompt_len + 1, new)), 1),
            goal_share=0.5, meets_goal=shared["decode_tok_s"] / rl >= 0.5)
     if args.profile:
         from hf_baselines import profile_fast

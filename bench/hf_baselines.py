@@ -258,7 +258,7 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     eos = generation.eos_ids(model, tok)
     pad = generation.pad_id(tok, eos)
     ids = generation.encode_prompts(tok, [r.prompt for r in reqs])
-    cache_len = generation._round_up(max(len(x) for x in ids) + new, 64)
+    cache_len = generation.fast_cache_len(max(len(x) for x in ids), new)
     steps = max(1, min(steps, (new - 4) // 3))
     attn = attn or generation.FastOptions.attn
     flex_block = flex_block or generation.FastOptions.flex_block

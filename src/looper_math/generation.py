@@ -373,6 +373,12 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def fast_cache_len(longest_prompt: int, max_new_tokens: int) -> int:
+    """The fast engine's cache length for one call: the longest prompt plus the new tokens, rounded up to a
+    multiple of 64 (one graph per call; aligned attention kernels). Bench's profile and roofline use it too."""
+    return _round_up(longest_prompt + max_new_tokens, 64)
+
+
 def _attend_sdpa(q, K, V, mask, scale):
     """q [B, Hkv, G, D] (the G query heads sharing a KV head folded into the query axis, so K/V are
     read once and never repeated); K/V [B, Hkv, L, D]; mask [B, 1, 1, L] bool."""
@@ -695,8 +701,7 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
     ids = encode_prompts(tokenizer, [r.prompt for r in requests])
-    # one cache length per call (one graph); multiple of 64 keeps attention kernels aligned
-    cache_len = _round_up(max(len(x) for x in ids) + max_new_tokens, 64)
+    cache_len = fast_cache_len(max(len(x) for x in ids), max_new_tokens)
     n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), len(requests), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad,
