@@ -2,7 +2,7 @@
 # Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
 # split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
 #
-#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
+#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
 #
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
@@ -19,13 +19,14 @@
 #              same base eval), then on the dev split.
 #   seed1, seed2  the two halves of main, for sessions that can hold only one seed's run (seed2 alone takes the
 #              config's learning rate when seed 1 has not chosen one on this machine)
-#   ablations  from seed 1's SFT adapter, dev and test: (a) GRPO with the Regime W reward (correct +
-#              coherence - length), (c) the same with the label-free s_cf (peers only, no reference program),
-#              (b') the offline recipe: rollouts from SFT -> correctness-first pairs -> DPO + NLL (`policy: dpo`).
+#   ablations  from seed 1's SFT adapter (unpacked or trained here), dev and test: GRPO with the Regime W reward
+#              (correct + coherence - length) with s_cf against the reference program, and (c) the same with the
+#              label-free s_cf (peers only); the two train side by side (two calls of < 10 min).
+#   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
 # The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
 # Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
-STAGE="${1:?stage main|seed1|seed2|ablations}"; DEADLINE="${2:-560}"
+STAGE="${1:?stage main|seed1|seed2|ablations|dpo}"; DEADLINE="${2:-560}"
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
 S2="${S2:-runs/qwen05_seed2}"   # seed 2's run dir (PACK_DIRS: packed beside $R)
 export PACK_DIRS="$S2"
@@ -80,20 +81,23 @@ case "$STAGE" in
   main) seed1 with-seed2 && seed2 ;;   # seed 2's SFT beside seed 1's; its GRPO only once the learning rate is chosen
   seed1) seed1 ;;   # main, one seed per device session
   seed2) seed2 ;;
-  ablations)
-    have "$R/checkpoints/sft_lora" || step $L run -c "$CFG" || true
-    ablate() {  # ablate NAME [--set ...]: GRPO from SFT into checkpoints/NAME, dev and test evals, paired tests
-      local name="$1"; shift
-      have "$R/checkpoints/$name" ||
-        step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/$name" "$@" --resume || return 0
-      evaldev "$name" "$R/checkpoints/$name"; evaltest "$name" "$R/checkpoints/$name"
-      cmp sft_test_eval "${name}_test_eval"; cmp grpo_test_eval "${name}_test_eval"
-    }
-    ablate grpo_rw "${RW[@]}"
-    ablate grpo_rw_cf_free "${RW[@]}" --set regime_w.cf_source=peers
+  ablations)   # (a') and (c): both Regime W rewards side by side from seed 1's SFT, then their evals
+    have "$R/checkpoints/sft_lora" ||
+      { echo "=== ablations start from seed 1's SFT adapter $R/checkpoints/sft_lora: run main or seed1 first"; exit 2; }
+    abl() { have "$R/checkpoints/$1" || step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/$1" "${@:2}" --resume; }
+    bg grpo_rw abl grpo_rw "${RW[@]}"
+    bg grpo_rw_cf_free abl grpo_rw_cf_free "${RW[@]}" --set regime_w.cf_source=peers; join
+    for n in grpo_rw grpo_rw_cf_free; do
+      [ -f "$R/checkpoints/$n/train_summary.json" ] || continue   # cut: resumes on the next call
+      bg "${n}_dev" evaldev "$n" "$R/checkpoints/$n"; bg "${n}_test" evaltest "$n" "$R/checkpoints/$n"
+    done; join
+    cmp grpo_rw_dev_eval grpo_rw_cf_free_dev_eval; cmp grpo_rw_test_eval grpo_rw_cf_free_test_eval
+    for n in grpo_rw grpo_rw_cf_free; do cmp sft_test_eval "${n}_test_eval"; cmp grpo_test_eval "${n}_test_eval"; done
+    ;;
+  dpo)   # (b') the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo)
     have "$R/outputs/dpo_dev_eval.jsonl" || step $L run -c "$CFG" --set policy=dpo --rounds 1 || true
     evaltest dpo dpo; cmp sft_test_eval dpo_test_eval; cmp grpo_test_eval dpo_test_eval
     ;;
-  *) echo "stage: main, seed1, seed2 or ablations"; exit 2 ;;
+  *) echo "stage: main, seed1, seed2, ablations or dpo"; exit 2 ;;
 esac
 pack
