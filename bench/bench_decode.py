@@ -16,7 +16,8 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
 (min_new_tokens = max_new_tokens), sampled at temperature 1. Figures (one JSON line each):
 - ``plain_generate``: ``model.generate(do_sample=True)``, batch 64 -- the baseline, measured here;
 - ``fast``: ``generate(engine="fast")`` for each --slots value, second (warm) call; ``first_call_s``
-  includes the CUDA-graph capture; ``prefill_s`` is a max_new_tokens=1 call on the same prompts, so
+  includes the CUDA-graph capture; ``prefill_s`` is a max_new_tokens=1 call on the same prompts (timed on its
+  second call: the first compiles flex / compile for its own cache length; before 2026-12-02 it was not), so
   ``decode_tok_s`` isolates decode;
 - ``fast_shared_prompt``: the same with k=8 samples per prompt (rollouts): one prefill per prompt;
   ``roofline``: its decode-only tok/s against the bandwidth roofline at its batch, explicitly;
@@ -131,7 +132,8 @@ def main() -> None:
             res = generation.generate_fast(model, tok, reqs, **call)
         assert all(r.num_tokens == new for r in res), "forced length not respected"
         pre = dict(call, max_new_tokens=1, min_new_tokens=1)
-        with Timer() as prefill:
+        generation.generate_fast(model, tok, reqs, **pre)  # warm: a 1-token call has its own cache length, which
+        with Timer() as prefill:                           # recompiles flex / compile (2 s that read as prefill)
             generation.generate_fast(model, tok, reqs, **pre)
         tokens = len(reqs) * new
         tps = tokens / warm.seconds
