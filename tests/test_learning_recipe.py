@@ -230,6 +230,45 @@ def test_regime_w_reward_scores_groups_like_rollouts():
     # the default: the binary correctness reward, alpha_correct per correct answer, nothing else
     binary = grpo_reward(load_config(None, ["regime_w.alpha_correct=2.0"]))
     assert binary.__name__ == "correctness_reward" and binary(**batch) == [2.0, 0.0, 2.0]
+    # regime_w_gated: the incorrect completion gets 0, the correct ones what regime_w gives them
+    gated = grpo_reward(load_config(None, ["grpo.reward=regime_w_gated", "regime_w.alpha_correct=1.0",
+                                           "regime_w.beta_coherence=0.0", "regime_w.length_penalty=0.01"]))
+    assert gated.__name__ == "regime_w_gated_reward" and gated(**batch) == pytest.approx([1.0 - 0.1, 0.0, 1.0 - 0.2])
+
+
+def test_regime_w_reward_overrates_a_unanimous_trivial_equation_and_the_gate_stops_it():
+    """What the 0.5B learned under grpo.reward=regime_w (bench/RESULTS.md section 0): eight copies of a valid,
+    grounded one-line equation with a wrong answer agree with each other, so s_wm is 0.7 (1.0 with the label-free
+    s_cf) and the group outscores an honest wrong derivation; regime_w_gated gives both 0."""
+    from looper_math.config import load_config
+    from looper_math.grpo import grpo_reward
+
+    q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    ref = "3+4=<<3+4=7>>7\n#### 7"
+    trivial = "1 /1 = 1"
+    honest = ["Tom has 3 apples. He buys 4 more, so 3 * 4 = 12.\n#### 12", "3 + 5 = 8\n#### 8"] * 4
+    def batch(texts, qid, tokens):
+        return dict(prompts=[q] * 8, completions=texts, completion_ids=[[1] * tokens] * 8, question=[q] * 8,
+                    answer=[ref] * 8, gold=["7"] * 8, question_id=[qid] * 8)
+
+    rw = grpo_reward(load_config(None, ["grpo.reward=regime_w"]))
+    free = grpo_reward(load_config(None, ["grpo.reward=regime_w", "regime_w.cf_source=peers"]))
+    gated = grpo_reward(load_config(None, ["grpo.reward=regime_w_gated"]))
+    cfg = load_config(None)
+    w = cfg.regime_w
+    hack = rw(**batch([trivial] * 8, "a", 8))
+    assert hack == pytest.approx([w.beta_coherence * 0.7 - w.length_penalty * 8] * 8)
+    assert free(**batch([trivial] * 8, "a", 8)) == pytest.approx([w.beta_coherence * 1.0 - w.length_penalty * 8] * 8)
+    assert min(hack) > max(rw(**batch(honest, "b", 40)))
+    assert gated(**batch([trivial] * 8, "a", 8)) == [0.0] * 8 and gated(**batch(honest, "b", 40)) == [0.0] * 8
+
+
+def test_collapse_warning_when_completions_shrink():
+    from looper_math.grpo import collapse_warning
+
+    assert collapse_warning([(1, 290.7), (70, 7.98)]).startswith("mean completion length fell from 291 tokens (step 1) to 8")
+    assert collapse_warning([(1, 290.7), (70, 298.9)]) is None and collapse_warning([(1, 290.7)]) is None
+    assert collapse_warning([]) is None and collapse_warning([(1, 0.0), (2, 0.0)]) is None
 
 
 def test_merged_rollouts_copy_matches_the_policy_and_returns_sampled_ids(smoke_cfg):
@@ -296,6 +335,7 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     else:
         assert "sampling_seconds" not in summary
     assert len(summary["rewards"]) == 2 and all(math.isfinite(r) for _, r in summary["rewards"])
+    assert [s for s, _ in summary["completion_lengths"]] == [1, 2] and all(0 < n <= 24 for _, n in summary["completion_lengths"])
     assert summary["peak_memory"]["peak_rss_gib"][0] > 0  # CPU: the process's peak resident set
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
     events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))

@@ -200,7 +200,7 @@ class GRPOConfig:
     num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over).")
     max_completion_length: Count = _f(400, "Max generated tokens per completion.")
     temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
-    reward: Literal["correctness", "regime_w"] = _f("correctness", "correctness: regime_w.alpha_correct * correct (the binary reward of the published small-model runs; +3.0 pts over SFT per 40 steps on the 0.5B, bench/RESULTS.md) | regime_w: the rollouts' reward, alpha * correct + beta_coherence * s_wm - length_penalty * tokens (-4.7 pts vs SFT there: it shortens answers).")
+    reward: Literal["correctness", "regime_w", "regime_w_gated"] = _f("correctness", "correctness: regime_w.alpha_correct * correct (the binary reward of the published small-model runs; +7.3 pts over SFT in 70 steps on the 0.5B, bench/RESULTS.md) | regime_w: the rollouts' reward, alpha * correct + beta_coherence * s_wm - length_penalty * tokens (gamed on the 0.5B: one-line equations such as '1 /1 = 1' score s_wm 0.7-1.0, test accuracy fell to 1-2 %) | regime_w_gated: the same, but coherence and length count only for correct completions (incorrect ones get 0: the pairs' rule, correctness first; unmeasured on a GPU).")
     generation: Literal["looper", "trl"] = _f("looper", "Who samples the completions: looper (this project's engine, eval.engine, on a private copy of the base weights with the current LoRA merged in, refreshed every step; fast on CUDA) | trl (TRL's own model.generate on base + unmerged LoRA, the reference path).")
     beta: Weight = _f(0.0, "KL weight against the initial adapter; 0 = no reference model (TRL's default).")
     learning_rate: Rate = _f(1e-5, "Learning rate.")

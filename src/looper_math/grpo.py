@@ -12,9 +12,14 @@ evaluate it with ``looper-math eval --adapter grpo``.
   ``regime_w`` is the rollouts' reward from the same code, ``alpha_correct * correct + beta_coherence * s_wm -
   length_penalty * num_tokens`` (``regime_w.reward.compute_reward``), ``s_wm`` from
   ``regime_w.scoring.score_group`` over the question's group of completions (the group GRPO normalizes over
-  is the group Regime W scores; ``regime_w.cf_source: peers`` makes s_cf label-free). On the real 0.5B
-  (bench/RESULTS.md) correctness gained 3.0 points over SFT in 40 steps and regime_w lost 4.7: its
-  coherence and length terms shorten the answers.
+  is the group Regime W scores; ``regime_w.cf_source: peers`` makes s_cf label-free). ``regime_w_gated``
+  gives incorrect completions 0 and correct ones the Regime W reward: coherence and length rank only
+  correct answers, as in the preference pairs. On the real 0.5B at 70 steps, lr 1e-4 (bench/RESULTS.md
+  section 0) correctness gained 7.3 points over SFT on test; regime_w was gamed: completions shrank from
+  ~290 tokens to one-line equations ("1 /1 = 1": unanimous, valid, grounded, s_wm 0.7, or 1.0 with the
+  label-free s_cf), which outscore the SFT policy's mean reward, and test accuracy fell to 1-2 %.
+- Mean completion length per step goes into the summary (``completion_lengths``); a run whose last logged
+  mean length is under a quarter of its first prints a warning (the collapse above).
 - ``grpo.beta`` 0 (TRL's default) trains without a reference model; > 0 adds the KL term.
 - Resumable like SFT and DPO; a non-finite loss or gradient stops it before the optimizer step.
 """
@@ -44,10 +49,12 @@ def completion_text(completion) -> str:
 
 def grpo_reward(cfg: Config):
     """The reward function GRPOTrainer calls on a batch: one float per completion. ``grpo.reward``
-    correctness: ``alpha_correct * correct``; regime_w: the rollouts' reward, Regime W scored per question group."""
+    correctness: ``alpha_correct * correct``; regime_w: the rollouts' reward, Regime W scored per question group;
+    regime_w_gated: that reward for correct completions, 0 for incorrect ones."""
     w = cfg.regime_w
     weights = (w.w_end, w.w_path, w.w_cf)
     task = GSM8K.from_config(cfg)
+    gated = cfg.grpo.reward == "regime_w_gated"
 
     def reward(prompts, completions, completion_ids, question, answer, gold, question_id, **_):
         texts = [completion_text(c) for c in completions]
@@ -64,6 +71,8 @@ def grpo_reward(cfg: Config):
             scores = score_group(question[idx[0]], [texts[i] for i in idx], reference, weights, w.cf_perturbations,
                                  seed=stable_seed(cfg.grpo.seed, qid) % (2**32), answers=[answers[i] for i in idx])
             for i, s in zip(idx, scores):
+                if gated and not correct[i]:
+                    continue  # regime_w_gated: an incorrect completion gets 0, whatever its coherence and length
                 out[i] = compute_reward(correct[i], s["s_wm"], len(completion_ids[i]), w.alpha_correct, w.beta_coherence,
                                         w.length_penalty)
         return out
@@ -193,10 +202,11 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
     train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "grpo")
     hist = trainer.state.log_history
     rewards = [(h["step"], h["reward"]) for h in hist if "reward" in h]
+    lengths = [(h["step"], h[LENGTH_KEY]) for h in hist if LENGTH_KEY in h]
     summary = {
         "phase": "grpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
         "questions": len(train_ds), "num_generations": g.num_generations, "generation": g.generation, "steps": trainer.state.global_step,
-        "train_loss": train_loss, "rewards": rewards, "seconds": round(seconds, 2), "resumed_from": ckpt,
+        "train_loss": train_loss, "rewards": rewards, "completion_lengths": lengths, "seconds": round(seconds, 2), "resumed_from": ckpt,
         "processes": trainer.args.world_size, **meter.steady(), "peak_memory": peak_memory(trainer),
     }
     if rollout is not None:  # where a step's time goes: sampling (this process's engine) vs TRL's scoring and training
@@ -209,5 +219,21 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         first, last = (rewards[0][1], rewards[-1][1]) if rewards else (None, None)
         print(f"grpo: {summary['steps']} steps on {len(train_ds)} questions x {g.num_generations}, {loss_line(hist)}, "
               f"mean reward {first} -> {last}, adapter -> {out_dir}")
+        warning = collapse_warning(lengths)
+        if warning:
+            print(f"grpo: warning: {warning}")
     return summary
+
+
+LENGTH_KEY = "completions/mean_length"  # TRL's log of the mean completion length (tokens) per logged step
+
+
+def collapse_warning(lengths: list[tuple[int, float]], ratio: float = 0.25) -> str | None:
+    """A message when the last logged mean completion length is under ``ratio`` times the first: the policy
+    may have found a short answer the reward overrates (regime_w on the 0.5B: ~290 -> 8 tokens)."""
+    if len(lengths) < 2 or lengths[0][1] <= 0 or lengths[-1][1] >= ratio * lengths[0][1]:
+        return None
+    (s0, l0), (s1, l1) = lengths[0], lengths[-1]
+    return (f"mean completion length fell from {l0:.0f} tokens (step {s0}) to {l1:.0f} (step {s1}): the reward may be "
+            f"gamed by short answers; check the adapter's dev accuracy before using it")
 
