@@ -2,7 +2,7 @@
 # Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
 # split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
 #
-#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
+#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|gated|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
 #
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
@@ -21,12 +21,15 @@
 #              config's learning rate when seed 1 has not chosen one on this machine)
 #   ablations  from seed 1's SFT adapter (unpacked or trained here), dev and test: GRPO with the Regime W reward
 #              (correct + coherence - length) with s_cf against the reference program, and (c) the same with the
-#              label-free s_cf (peers only); the two train side by side (two calls of < 10 min).
+#              label-free s_cf (peers only); the two train side by side (two calls of < 10 min). Both were gamed
+#              (RESULTS.md section 0d: one-line equations, 1-2 % on test).
+#   gated      the same from seed 1's SFT with grpo.reward=regime_w_gated (coherence and length rank only correct
+#              completions), dev and test (one call of < 10 min with the conversion).
 #   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
 # The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
 # Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
-STAGE="${1:?stage main|seed1|seed2|ablations|dpo}"; DEADLINE="${2:-560}"
+STAGE="${1:?stage main|seed1|seed2|ablations|gated|dpo}"; DEADLINE="${2:-560}"
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
 S2="${S2:-runs/qwen05_seed2}"   # seed 2's run dir (PACK_DIRS: packed beside $R)
 export PACK_DIRS="$S2"
@@ -94,10 +97,22 @@ case "$STAGE" in
     cmp grpo_rw_dev_eval grpo_rw_cf_free_dev_eval; cmp grpo_rw_test_eval grpo_rw_cf_free_test_eval
     for n in grpo_rw grpo_rw_cf_free; do cmp sft_test_eval "${n}_test_eval"; cmp grpo_test_eval "${n}_test_eval"; done
     ;;
+  gated)   # the Regime W reward for correct completions only (grpo.reward=regime_w_gated) from seed 1's SFT, its evals
+    have "$R/checkpoints/sft_lora" ||
+      { echo "=== gated starts from seed 1's SFT adapter $R/checkpoints/sft_lora: run main or seed1 first"; exit 2; }
+    have "$R/checkpoints/grpo_rw_gated" ||
+      step $L grpo -c "$CFG" --set grpo.output_dir=checkpoints/grpo_rw_gated --set grpo.reward=regime_w_gated --resume
+    if [ -f "$R/checkpoints/grpo_rw_gated/train_summary.json" ]; then
+      bg gated_dev evaldev grpo_rw_gated "$R/checkpoints/grpo_rw_gated"
+      bg gated_test evaltest grpo_rw_gated "$R/checkpoints/grpo_rw_gated"; join
+      cmp sft_test_eval grpo_rw_gated_test_eval; cmp grpo_test_eval grpo_rw_gated_test_eval
+      cmp sft_dev_eval grpo_rw_gated_dev_eval; cmp grpo_lr1e-4_dev_eval grpo_rw_gated_dev_eval
+    fi
+    ;;
   dpo)   # (b') the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo)
     have "$R/outputs/dpo_dev_eval.jsonl" || step $L run -c "$CFG" --set policy=dpo --rounds 1 || true
     evaltest dpo dpo; cmp sft_test_eval dpo_test_eval; cmp grpo_test_eval dpo_test_eval
     ;;
-  *) echo "stage: main, seed1, seed2, ablations or dpo"; exit 2 ;;
+  *) echo "stage: main, seed1, seed2, ablations, gated or dpo"; exit 2 ;;
 esac
 pack
