@@ -182,6 +182,30 @@ def test_fast_equals_hf(model, tok, attn, slots):
     assert any(r.finished for r in hf) and any(not r.finished for r in hf)
 
 
+def test_fast_stats_count_slot_occupancy_and_add_up_over_calls(model, tok):
+    """``stats``: every decode step counts all slots; a slot counts as busy while it holds a request, so each
+    request's tokens after the first (from the prefill) are busy slot-steps; one slot is never idle; a
+    second call adds to the same dict; the plain engine leaves it alone."""
+    reqs = mixed_requests()
+    stats: dict = {}
+    res = generation.generate_fast(model, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
+                                   options=generation.FastOptions(slots=3, check_every=2), stats=stats)
+    assert stats["calls"] == 1 and stats["slot_steps"] % 3 == 0 and stats["slot_steps"] > 0
+    assert sum(r.num_tokens - 1 for r in res) <= stats["busy_slot_steps"] <= stats["slot_steps"]
+    assert stats["host_seconds"] >= 0 and stats["refill_seconds"] > 0
+    one: dict = {}
+    generation.generate_fast(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, progress=False,
+                             options=generation.FastOptions(slots=1), stats=one)
+    assert one["busy_slot_steps"] == one["slot_steps"] > 0
+    before = dict(stats)
+    generation.generate(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, engine="fast", stats=stats,
+                        fast=generation.FastOptions(slots=1), progress=False)
+    assert stats["calls"] == 2 and stats["slot_steps"] == before["slot_steps"] + one["slot_steps"]
+    plain: dict = {}
+    generation.generate(model, tok, reqs[:2], max_new_tokens=4, engine="hf", stats=plain, progress=False)
+    assert plain == {}
+
+
 def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatch):
     """A decoder (its KV cache, on CUDA its graph pool) must go when a call returns, not at the next
     gc pass: rollout rounds size the next cache from free memory, and a lingering 32 GiB cache made

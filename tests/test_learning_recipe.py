@@ -131,6 +131,18 @@ def test_eval_prompt_samples_are_on_policy(eval_prompt_rollouts):
     assert timing["generate_seconds"] > 0 and timing["score_seconds"] > 0 and "other_seconds" in timing
 
 
+def test_rollouts_with_the_fast_engine_report_its_slot_occupancy_and_host_time(smoke_cfg):
+    """Issue 12 goal 2 asks what limits rollouts: with the fast engine the summary splits generation further."""
+    from looper_math.rollouts import collect_rollouts
+
+    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=3", "rollouts.adapter=none", "eval.engine=fast",
+                    "rollouts.questions_per_round=2")
+    timing = collect_rollouts(cfg)["this_run"]
+    assert 0 < timing["slot_occupancy"] <= 1
+    assert 0 <= timing["engine_host_seconds"] <= timing["generate_seconds"]
+    assert 0 < timing["engine_refill_seconds"] <= timing["generate_seconds"]
+
+
 def test_all_samples_under_the_eval_prompt_need_no_bandit(smoke_cfg):
     from looper_math.rollouts import collect_rollouts
 

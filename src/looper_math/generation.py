@@ -260,9 +260,11 @@ def generate(
     min_new_tokens: int = 0,
     desc: str = "generate",
     fast: FastOptions | None = None,
+    stats: dict | None = None,
 ) -> list[GenResult]:
     """Generate completions for ``requests``; results in input order. See the module docstring.
-    ``fast``: the fast engine's switches (its defaults when None)."""
+    ``fast``: the fast engine's switches (its defaults when None). ``stats``: a dict the fast engine adds its
+    counters to (``generate_fast``); the plain engine leaves it as it is."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if max_new_tokens < 1:
@@ -276,7 +278,7 @@ def generate(
         return generate_fast(
             model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
             stop_strings=stop_strings, progress=progress, min_new_tokens=min_new_tokens, desc=desc,
-            options=fast or FastOptions(),
+            options=fast or FastOptions(), stats=stats,
         )
     return _generate_hf(
         model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -694,9 +696,16 @@ def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slot
 @torch.no_grad()
 def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_tokens: int, batch_size: int = 32,
                   stop_strings: list[str] | None = None, progress: bool = True, min_new_tokens: int = 0,
-                  desc: str = "generate", options: FastOptions = FastOptions()) -> list[GenResult]:
+                  desc: str = "generate", options: FastOptions = FastOptions(), stats: dict | None = None) -> list[GenResult]:
     """The fast engine (``FastDecoder``): the same contract as ``generate`` (see the module docstring), its
-    switches in ``options``. ``generate(engine="fast")`` calls it; bench and tests may call it directly."""
+    switches in ``options``. ``generate(engine="fast")`` calls it; bench and tests may call it directly.
+
+    ``stats``: where the time goes, added to the dict's existing values so one dict can sum several calls:
+    ``calls``; ``slot_steps`` (decode steps x slots) and ``busy_slot_steps`` (of those, the ones whose slot held a
+    request; a request counts until the check that finds it finished, at most ``check_every`` steps late), so
+    ``busy_slot_steps / slot_steps`` is the slot occupancy (what a call's tail and too few requests cost);
+    ``host_seconds``: the CPU work after each check's copy from the GPU (finished slots, stop strings, decoding
+    texts), during which the GPU waits; ``refill_seconds``: putting new requests into free slots (prefill)."""
     o = options
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
@@ -743,10 +752,14 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
         bar.update(1, n)
         owner[s] = None
 
+    counters = dict.fromkeys(("calls", "slot_steps", "busy_slot_steps", "host_seconds", "refill_seconds"), 0)
+    counters["calls"] = 1
+
     def process() -> bool:
         """Finalize finished slots (EOS, max tokens, stop string); True if any slot was freed."""
         active, count = dec.active.tolist(), dec.count.tolist()
         hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
+        t0 = time.perf_counter()  # the GPU has caught up (the copies above wait for it): host work from here
         freed, by_stop = False, []
         for s in range(n_slots):
             if owner[s] is None or (active[s] and not stop_strings):
@@ -763,21 +776,33 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
                     checked[s] = len(toks)
         if by_stop:
             dec.active[torch.tensor(by_stop, device=dec.device)] = False
+        counters["host_seconds"] += time.perf_counter() - t0
         return freed or bool(by_stop)
 
-    try:
+    def timed_refill() -> None:
+        t0 = time.perf_counter()
         refill()
+        counters["refill_seconds"] += time.perf_counter() - t0
+
+    try:
+        timed_refill()
         while True:
             if process() and queue:
-                refill()
+                timed_refill()
                 continue
-            if all(x is None for x in owner):  # (not `o`: that names the options here)
+            busy = sum(x is not None for x in owner)
+            if not busy:
                 break
             for _ in range(o.check_every):
                 dec.step()
+            counters["slot_steps"] += o.check_every * n_slots
+            counters["busy_slot_steps"] += o.check_every * busy
     finally:
         bar.close()
         dec.release()
+        if stats is not None:
+            for k, v in counters.items():
+                stats[k] = stats.get(k, 0) + v
     return results  # type: ignore[return-value]
 
 

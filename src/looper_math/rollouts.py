@@ -158,6 +158,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
     timing = {"generate_seconds": 0.0, "score_seconds": 0.0}
+    engine_stats: dict = {}  # the fast engine's counters over every round (generation.generate_fast)
     workers = score_workers(r.score_workers)
     pool = None
     if workers > 1:
@@ -203,7 +204,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                             meta.append((p, idx, arm, seed))
                 tg = time.time()
                 results = generate(model, tokenizer, reqs, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                                   stop_strings=task.stop_strings, engine=cfg.eval.engine,
+                                   stop_strings=task.stop_strings, engine=cfg.eval.engine, stats=engine_stats,
                                    desc=f"rollouts {min(start + step, len(todo))}/{len(todo)} questions")
                 timing["generate_seconds"] += time.time() - tg
                 new_by_q: dict[str, list[tuple]] = defaultdict(list)
@@ -258,6 +259,10 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     all_rows = list(read_jsonl(out))
     seconds = time.time() - t0
     timing["other_seconds"] = seconds - timing["generate_seconds"] - timing["score_seconds"]
+    if engine_stats.get("slot_steps"):  # inside generate_seconds: the engine's host work, and how full its slots ran
+        timing["engine_host_seconds"] = engine_stats["host_seconds"]
+        timing["engine_refill_seconds"] = engine_stats["refill_seconds"]
+        timing["slot_occupancy"] = engine_stats["busy_slot_steps"] / engine_stats["slot_steps"]
     summary = summarize(all_rows, bandit, run_tokens, seconds, cfg, timing)
     summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
     atomic_write_json(summary_of(out), summary)
