@@ -2,7 +2,7 @@
 # Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
 # split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
 #
-#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|gated|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
+#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
 #
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
@@ -25,11 +25,14 @@
 #              (RESULTS.md section 0d: one-line equations, 1-2 % on test).
 #   gated      the same from seed 1's SFT with grpo.reward=regime_w_gated (coherence and length rank only correct
 #              completions), dev and test (one call of < 10 min with the conversion).
+#   round2     a second GRPO round of the recipe's length from seed 1's adapter (grpo.seed + 1, as `run --rounds 2`);
+#              round 1 and 2 on dev in the same call; round 2 on test only if it gains on dev with p < 0.05
+#              (outputs/round2_choice.txt). One call of < 10 min with the conversion.
 #   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
 # The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
 # Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
-STAGE="${1:?stage main|seed1|seed2|ablations|gated|dpo}"; DEADLINE="${2:-560}"
+STAGE="${1:?stage main|seed1|seed2|ablations|gated|round2|dpo}"; DEADLINE="${2:-560}"
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
 S2="${S2:-runs/qwen05_seed2}"   # seed 2's run dir (PACK_DIRS: packed beside $R)
 export PACK_DIRS="$S2"
@@ -39,7 +42,10 @@ RW=(--set grpo.reward=regime_w)
 
 # grpo.learning_rate candidates for seed 1, the best on dev is chosen (pick); default: the config's rate alone.
 # RESULTS.md section 0 chose the config's 1e-4 with LRS="1e-4 2e-4" (two candidates side by side: ~770 s more)
-CFG_LR=$(python3 -c "import yaml; print('%g' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate']))")
+CFG_LR=$(python3 -c "
+import yaml
+m, e = ('%e' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate'])).split('e')
+print(m.rstrip('0').rstrip('.') + 'e' + str(int(e)))")   # 1e-4 (as LRS names it: checkpoints/grpo_lr1e-4), 5e-5, 1.5e-4
 LRS="${LRS:-$CFG_LR}"
 sft1() { have "$R/checkpoints/sft_lora" || step $L sft -c "$CFG" --resume; }          # base rollouts -> RFT SFT
 sft2() { have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume; }
@@ -109,10 +115,34 @@ case "$STAGE" in
       cmp sft_dev_eval grpo_rw_gated_dev_eval; cmp grpo_lr1e-4_dev_eval grpo_rw_gated_dev_eval
     fi
     ;;
+  round2)   # a second GRPO round from seed 1's adapter, as `run --rounds 2` trains it; test only if dev gains
+    lr=$(chosen); [ -n "$lr" ] || lr=$CFG_LR; src="$R/checkpoints/grpo_lr$lr"
+    have "$src" || { echo "=== round2 starts from seed 1's GRPO adapter $src: run main or seed1 first"; exit 2; }
+    seed=$(python3 -c "from looper_math.config import load_config; print(load_config('$CFG').grpo.seed + 1)")
+    have "$R/checkpoints/grpo_r2" || step $L grpo -c "$CFG" --set grpo.init_adapter="$src" \
+      --set grpo.output_dir=checkpoints/grpo_r2 --set grpo.seed="$seed" --set grpo.learning_rate="$lr" --resume
+    if [ -f "$R/checkpoints/grpo_r2/train_summary.json" ]; then   # round 1 evaluated again beside it: one layout
+      bg r1_dev evaldev "r1_lr$lr" "$src"; bg r2_dev evaldev grpo_r2 "$R/checkpoints/grpo_r2"; join
+      cmp "r1_lr${lr}_dev_eval" grpo_r2_dev_eval
+      gain=$(python3 - "$R/outputs" "r1_lr$lr" <<'PY'
+import sys
+from looper_math.compare import compare
+r = compare(f"{sys.argv[1]}/{sys.argv[2]}_dev_eval.jsonl", f"{sys.argv[1]}/grpo_r2_dev_eval.jsonl")
+ok = r["delta"] > 0 and r["mcnemar_p"] < 0.05
+with open(f"{sys.argv[1]}/round2_choice.txt", "w") as f:
+    f.write(f"round 2 vs round 1 on dev: {100 * r['delta']:+.2f} pts, exact McNemar p = {r['mcnemar_p']:.3g}: "
+            + ("round 2 gains, evaluated on test\n" if ok else "no significant gain, test not run\n"))
+print("yes" if ok else "no")
+PY
+)
+      cat "$R/outputs/round2_choice.txt"
+      [ "$gain" = yes ] && evaltest grpo_r2 "$R/checkpoints/grpo_r2"
+    fi
+    ;;
   dpo)   # (b') the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo)
     have "$R/outputs/dpo_dev_eval.jsonl" || step $L run -c "$CFG" --set policy=dpo --rounds 1 || true
     evaltest dpo dpo; cmp sft_test_eval dpo_test_eval; cmp grpo_test_eval dpo_test_eval
     ;;
-  *) echo "stage: main, seed1, seed2, ablations, gated or dpo"; exit 2 ;;
+  *) echo "stage: main, seed1, seed2, ablations, gated, round2 or dpo"; exit 2 ;;
 esac
 pack
