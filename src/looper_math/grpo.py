@@ -152,6 +152,19 @@ def build_dataset(cfg: Config, tokenizer):
     return datasets.Dataset.from_list(rows)
 
 
+LENGTH_KEY = "completions/mean_length"  # TRL's log of the mean completion length (tokens) per logged step
+
+
+def collapse_warning(lengths: list[tuple[int, float]], ratio: float = 0.25) -> str | None:
+    """A message when the last logged mean completion length is under ``ratio`` times the first: the policy
+    may have found a short answer the reward overrates (regime_w on the 0.5B: ~290 -> 8 tokens)."""
+    if len(lengths) < 2 or lengths[0][1] <= 0 or lengths[-1][1] >= ratio * lengths[0][1]:
+        return None
+    (s0, l0), (s1, l1) = lengths[0], lengths[-1]
+    return (f"mean completion length fell from {l0:.0f} tokens (step {s0}) to {l1:.0f} (step {s1}): the reward may be "
+            f"gamed by short answers; check the adapter's dev accuracy before using it")
+
+
 def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
@@ -223,17 +236,3 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         if warning:
             print(f"grpo: warning: {warning}")
     return summary
-
-
-LENGTH_KEY = "completions/mean_length"  # TRL's log of the mean completion length (tokens) per logged step
-
-
-def collapse_warning(lengths: list[tuple[int, float]], ratio: float = 0.25) -> str | None:
-    """A message when the last logged mean completion length is under ``ratio`` times the first: the policy
-    may have found a short answer the reward overrates (regime_w on the 0.5B: ~290 -> 8 tokens)."""
-    if len(lengths) < 2 or lengths[0][1] <= 0 or lengths[-1][1] >= ratio * lengths[0][1]:
-        return None
-    (s0, l0), (s1, l1) = lengths[0], lengths[-1]
-    return (f"mean completion length fell from {l0:.0f} tokens (step {s0}) to {l1:.0f} (step {s1}): the reward may be "
-            f"gamed by short answers; check the adapter's dev accuracy before using it")
-
