@@ -10,6 +10,7 @@ is present and of its declared type and fails with one line naming file, line an
 "JSONL schemas" section quotes these definitions (a test checks it names the same fields).
 """
 
+import functools
 import types  # no `from __future__ import annotations`: TypedDict reads NotRequired from real annotations
 import typing
 from collections.abc import Iterator
@@ -111,17 +112,23 @@ def _accepts(tp: object) -> tuple[type, ...]:
     return (tp,)  # type: ignore[return-value]
 
 
+@functools.cache
+def _field_types(schema: type) -> dict[str, tuple[type, ...]]:
+    """Per field of a row format, the Python types its JSON value may have (read once per format, not per row)."""
+    return {name: _accepts(tp) for name, tp in typing.get_type_hints(schema, include_extras=True).items()}
+
+
 _NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 
 def check_row(row: dict, schema: type, need: tuple[str, ...], where: str, *, nonempty: tuple[str, ...] = ()) -> None:
     """DataError naming ``where`` and the field when a needed field is missing or of the wrong type (a bool is
     never a number), or a ``nonempty`` string field is empty."""
-    hints = typing.get_type_hints(schema, include_extras=True)
+    types_of = _field_types(schema)
     for name in need:
         if name not in row:
             raise DataError(f"{where}: missing field '{name}'")
-        ok = _accepts(hints[name])
+        ok = types_of[name]
         v = row[name]
         if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
             want = " or ".join(dict.fromkeys(_NAMES.get(t, t.__name__) for t in ok if not (t is int and float in ok)))
