@@ -731,14 +731,17 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
     def has_stop(toks: list[int]) -> bool:
         return cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]
 
+    counters = {"calls": 1, "slot_steps": 0, "busy_slot_steps": 0, "host_seconds": 0.0, "refill_seconds": 0.0}
+
     def refill() -> None:
+        t0 = time.perf_counter()
         free = [s for s in range(n_slots) if owner[s] is None][: len(queue)]
-        if not free:
-            return
-        taken = [queue.pop() for _ in free]
-        for s, i in zip(free, taken):
-            owner[s], checked[s] = i, 0
-        dec.prefill(free, [ids[i] for i in taken], [requests[i] for i in taken])
+        if free:
+            taken = [queue.pop() for _ in free]
+            for s, i in zip(free, taken):
+                owner[s], checked[s] = i, 0
+            dec.prefill(free, [ids[i] for i in taken], [requests[i] for i in taken])
+        counters["refill_seconds"] += time.perf_counter() - t0
 
     def finalize(s: int, toks: list[int], hit_eos: bool) -> None:
         n, stopped = len(toks), False
@@ -751,9 +754,6 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
         results[owner[s]] = GenResult(text=text, num_tokens=n, finished=finished, token_ids=toks[:n])
         bar.update(1, n)
         owner[s] = None
-
-    counters = dict.fromkeys(("calls", "slot_steps", "busy_slot_steps", "host_seconds", "refill_seconds"), 0)
-    counters["calls"] = 1
 
     def process() -> bool:
         """Finalize finished slots (EOS, max tokens, stop string); True if any slot was freed."""
@@ -779,16 +779,11 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
         counters["host_seconds"] += time.perf_counter() - t0
         return freed or bool(by_stop)
 
-    def timed_refill() -> None:
-        t0 = time.perf_counter()
-        refill()
-        counters["refill_seconds"] += time.perf_counter() - t0
-
     try:
-        timed_refill()
+        refill()
         while True:
             if process() and queue:
-                timed_refill()
+                refill()
                 continue
             busy = sum(x is not None for x in owner)
             if not busy:
