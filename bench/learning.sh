@@ -86,42 +86,45 @@ seed2() {  # seed 2 at seed 1's chosen learning rate (the config's when seed 1 h
   cmp base_test_eval seed2_grpo_test_eval; cmp grpo_test_eval seed2_grpo_test_eval
   cmp seed2_sft_test_eval seed2_grpo_test_eval; cmp seed2_sft_dev_eval seed2_grpo_dev_eval
 }
+need() {  # need ADAPTER WHAT: the stage starts from ADAPTER (trained by main or seed1, or unpacked from .carry/)
+  finished "$1" || { echo "=== $STAGE starts from $2 $1: run main or seed1 first"; exit 2; }
+}
+abl() {  # abl NAME [--set ...]: GRPO from seed 1's SFT into checkpoints/NAME, the recipe with those settings changed
+  have "$R/checkpoints/$1" || step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/$1" "${@:2}" --resume
+}
+abl_evals() {  # abl_evals NAME...: dev and test evals of each finished one, side by side (a cut one resumes next call)
+  local n
+  for n in "$@"; do
+    finished "$R/checkpoints/$n" || continue
+    bg "${n}_dev" evaldev "$n" "$R/checkpoints/$n"; bg "${n}_test" evaltest "$n" "$R/checkpoints/$n"
+  done; join
+}
 case "$STAGE" in
   main) seed1 with-seed2 && seed2 ;;   # seed 2's SFT beside seed 1's; its GRPO only once the learning rate is chosen
   seed1) seed1 ;;   # main, one seed per device session
   seed2) seed2 ;;
   ablations)   # (a') and (c): both Regime W rewards side by side from seed 1's SFT, then their evals
-    have "$R/checkpoints/sft_lora" ||
-      { echo "=== ablations start from seed 1's SFT adapter $R/checkpoints/sft_lora: run main or seed1 first"; exit 2; }
-    abl() { have "$R/checkpoints/$1" || step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/$1" "${@:2}" --resume; }
+    need "$R/checkpoints/sft_lora" "seed 1's SFT adapter"
     bg grpo_rw abl grpo_rw "${RW[@]}"
     bg grpo_rw_cf_free abl grpo_rw_cf_free "${RW[@]}" --set regime_w.cf_source=peers; join
-    for n in grpo_rw grpo_rw_cf_free; do
-      [ -f "$R/checkpoints/$n/train_summary.json" ] || continue   # cut: resumes on the next call
-      bg "${n}_dev" evaldev "$n" "$R/checkpoints/$n"; bg "${n}_test" evaltest "$n" "$R/checkpoints/$n"
-    done; join
+    abl_evals grpo_rw grpo_rw_cf_free
     cmp grpo_rw_dev_eval grpo_rw_cf_free_dev_eval; cmp grpo_rw_test_eval grpo_rw_cf_free_test_eval
     for n in grpo_rw grpo_rw_cf_free; do cmp sft_test_eval "${n}_test_eval"; cmp grpo_test_eval "${n}_test_eval"; done
     ;;
   gated)   # the Regime W reward for correct completions only (grpo.reward=regime_w_gated) from seed 1's SFT, its evals
-    have "$R/checkpoints/sft_lora" ||
-      { echo "=== gated starts from seed 1's SFT adapter $R/checkpoints/sft_lora: run main or seed1 first"; exit 2; }
-    have "$R/checkpoints/grpo_rw_gated" ||
-      step $L grpo -c "$CFG" --set grpo.output_dir=checkpoints/grpo_rw_gated --set grpo.reward=regime_w_gated --resume
-    if [ -f "$R/checkpoints/grpo_rw_gated/train_summary.json" ]; then
-      bg gated_dev evaldev grpo_rw_gated "$R/checkpoints/grpo_rw_gated"
-      bg gated_test evaltest grpo_rw_gated "$R/checkpoints/grpo_rw_gated"; join
-      cmp sft_test_eval grpo_rw_gated_test_eval; cmp grpo_test_eval grpo_rw_gated_test_eval
-      cmp sft_dev_eval grpo_rw_gated_dev_eval; cmp grpo_lr1e-4_dev_eval grpo_rw_gated_dev_eval
-    fi
+    need "$R/checkpoints/sft_lora" "seed 1's SFT adapter"
+    abl grpo_rw_gated --set grpo.reward=regime_w_gated
+    abl_evals grpo_rw_gated
+    cmp sft_test_eval grpo_rw_gated_test_eval; cmp grpo_test_eval grpo_rw_gated_test_eval
+    cmp sft_dev_eval grpo_rw_gated_dev_eval; cmp grpo_lr1e-4_dev_eval grpo_rw_gated_dev_eval
     ;;
   round2)   # a second GRPO round from seed 1's adapter, as `run --rounds 2` trains it; test only if dev gains
     lr=$(chosen); [ -n "$lr" ] || lr=$CFG_LR; src="$R/checkpoints/grpo_lr$lr"
-    have "$src" || { echo "=== round2 starts from seed 1's GRPO adapter $src: run main or seed1 first"; exit 2; }
+    need "$src" "seed 1's GRPO adapter"
     seed=$(python3 -c "from looper_math.config import load_config; print(load_config('$CFG').grpo.seed + 1)")
     have "$R/checkpoints/grpo_r2" || step $L grpo -c "$CFG" --set grpo.init_adapter="$src" \
       --set grpo.output_dir=checkpoints/grpo_r2 --set grpo.seed="$seed" --set grpo.learning_rate="$lr" --resume
-    if [ -f "$R/checkpoints/grpo_r2/train_summary.json" ]; then   # round 1 evaluated again beside it: one layout
+    if finished "$R/checkpoints/grpo_r2"; then   # round 1 evaluated again beside it: one layout
       bg r1_dev evaldev "r1_lr$lr" "$src"; bg r2_dev evaldev grpo_r2 "$R/checkpoints/grpo_r2"; join
       cmp "r1_lr${lr}_dev_eval" grpo_r2_dev_eval
       gain=$(python3 - "$R/outputs" "r1_lr$lr" <<'PY'

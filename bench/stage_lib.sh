@@ -1,8 +1,9 @@
 # Sourced by the staged GPU scripts (learning.sh, learning_grpo.sh) after STAGE, DEADLINE, OUT, M, CFG and
 # WHEELS are set: the device environment, the run dir R, and the deadline-bounded helpers.
 #   step CMD...          run CMD with the time left minus a reserve for packing the results; never past it
-#   have OUTPUT          OUTPUT is complete (its summary exists: layout.summary_of), so its step can be skipped
-#                        without starting Python (a finished step costs ~15 s of imports otherwise)
+#   finished OUTPUT      OUTPUT is complete (its summary exists: layout.summary_of), tested without starting Python
+#                        (a finished step costs ~15 s of imports otherwise)
+#   have OUTPUT          finished, and says so in the log: its step is skipped
 #   evaldev NAME ADAPTER greedy eval on the dev split  -> $R/outputs/NAME_dev_eval.jsonl (skipped if complete, resumes)
 #   evaltest NAME ADAPTER greedy eval on the test split -> $R/outputs/NAME_test_eval.jsonl (skipped if complete, resumes)
 #   cmp A B              exact McNemar of two eval files in $R/outputs -> compare_A__B.txt
@@ -24,10 +25,10 @@ step() {
   echo "=== rc=$rc in $((SECONDS - t0))s"; [ $rc -eq 0 ] || FAILED=1; return $rc
 }
 FAILED=0
-have() {  # have OUTPUT: a JSONL's <stem>.summary.json or an adapter folder's train_summary.json exists
-  local s; case "$1" in *.jsonl) s="${1%.jsonl}.summary.json" ;; *) s="$1/train_summary.json" ;; esac
-  [ -f "$s" ] && echo "=== complete, skipped: $1"
+finished() {  # finished OUTPUT: a JSONL's <stem>.summary.json or an adapter folder's train_summary.json exists
+  case "$1" in *.jsonl) [ -f "${1%.jsonl}.summary.json" ] ;; *) [ -f "$1/train_summary.json" ] ;; esac
 }
+have() { finished "$1" && echo "=== complete, skipped: $1"; }   # the same, said in the log: its step is skipped
 evaldev() { have "$R/outputs/$1_dev_eval.jsonl" || step $L eval -c "$CFG" --adapter "$2" --set eval.split=dev --output "$R/outputs/$1_dev_eval.jsonl" --resume; }
 evaltest() { have "$R/outputs/$1_test_eval.jsonl" || step $L eval -c "$CFG" --adapter "$2" --set eval.split=test --output "$R/outputs/$1_test_eval.jsonl" --resume; }
 cmp() { [ -f "$R/outputs/$1.jsonl" ] && [ -f "$R/outputs/$2.jsonl" ] && $L compare "$R/outputs/$1.jsonl" "$R/outputs/$2.jsonl" | tee "$R/outputs/compare_$1__$2.txt"; }
