@@ -6,7 +6,7 @@
 Each variant is one `looper-math grpo` process (its own memory, model load and compile) from the same
 adapter, ``--steps`` optimizer steps of the config's recipe (32 questions x 8 completions per step on the
 0.5B), nothing saved but the adapter; one JSON line each from its ``train_summary.json``:
-- ``base``: the config as it is (0.5B: micro-batch 64 x grad_accum 4), the baseline of every ratio;
+- ``base``: the config as it is (0.5B: micro-batch 32 x grad_accum 8), the baseline of every ratio;
 - ``mb2`` / ``mb4``: micro-batch x2 / x4, grad_accum /2 / /4 (the same 256 completions per step, fewer,
   larger forward/backward passes);
 - ``spg2``: ``steps_per_generation`` = 2 x grad_accum: one sampling call of 512 completions serves two
@@ -61,6 +61,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from looper_math.config import load_config
+    from looper_math.layout import summary_of
 
     cfg = load_config(args.config, args.set)
     names = args.variants.split(",")
@@ -83,11 +84,11 @@ def main() -> None:
     init = args.init_adapter
     if init is None:
         sft_dir = cfg.path(cfg.sft.output_dir)
-        if (sft_dir / "train_summary.json").exists():
+        if summary_of(sft_dir).exists():
             init = str(sft_dir)
         else:
             init = str(cfg.path("checkpoints/bench_grpo_sft"))
-            if not (Path(init) / "train_summary.json").exists():
+            if not summary_of(Path(init)).exists():
                 subprocess.run(cli + ["sft"] + common + ["--set", "sft.data=gold", "--set", "sft.max_steps=4",
                                "--set", "sft.output_dir=checkpoints/bench_grpo_sft", "--overwrite"], check=True)
 
@@ -106,7 +107,7 @@ def main() -> None:
         if proc.returncode:
             report({"figure": name, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:], "wall_s": round(wall, 1)})
             continue
-        s = json.loads((cfg.path(odir) / "train_summary.json").read_text())
+        s = json.loads(summary_of(cfg.path(odir)).read_text())
         sps = s.get("steady_seconds_per_step")
         if name == "base":
             base_sps = sps
