@@ -206,6 +206,60 @@ def test_fast_stats_count_slot_occupancy_and_add_up_over_calls(model, tok):
     assert plain == {}
 
 
+def chunked_feed(reqs: list, size: int, log: list):
+    """A feed handing out ``reqs`` ``size`` at a time; ``log`` records ("feed", n) and ("result", i) in order."""
+    chunks = [reqs[i:i + size] for i in range(0, len(reqs), size)][::-1]
+
+    def feed():
+        more = chunks.pop() if chunks else []
+        log.append(("feed", len(more)))
+        return more
+    return feed
+
+
+@pytest.mark.parametrize("engine_name", ["hf", "fast"])
+def test_stream_equals_generate_and_indexes_results_in_feed_order(model, tok, engine_name):
+    """Requests fed in chunks give the same tokens as one ``generate`` call over the list, each result under its
+    index in the order fed. The plain engine finishes a chunk before asking for the next; the fast engine, with
+    more free slots than a chunk fills, asks for the next chunks before any result is in (no tail per chunk)."""
+    reqs = mixed_requests()
+    whole = run(model, tok, reqs, batch_size=16, max_new_tokens=10, stop_strings=["*_"])
+    got: dict[int, object] = {}
+    log: list = []
+
+    def on_result(i, res):
+        assert i not in got
+        got[i] = res
+        log.append(("result", i))
+
+    generation.generate_stream(model, tok, chunked_feed(reqs, 3, log), on_result, total=len(reqs),
+                               longest_prompt=max(generation.prompt_tokens(tok, [r.prompt for r in reqs])),
+                               max_new_tokens=10, batch_size=8, stop_strings=["*_"], engine=engine_name, progress=False,
+                               fast=generation.FastOptions(slots=8, check_every=3))
+    assert [got[i] for i in range(len(reqs))] == whole
+    feeds_before_first_result = log[: log.index(next(e for e in log if e[0] == "result"))]
+    assert log.count(("feed", 0)) == 1  # asked once more after the last chunk, then never again
+    if engine_name == "hf":
+        assert feeds_before_first_result == [("feed", 3)]
+    else:
+        assert feeds_before_first_result == [("feed", 3)] * 3  # 8 free slots: 3 + 3 + 3 requests before decoding
+
+
+def test_stream_fast_rejects_a_prompt_or_sampling_the_call_was_not_built_for(model, tok):
+    reqs = [GenRequest(PROMPTS[0]), GenRequest(PROMPTS[1])]
+    short = generation.prompt_tokens(tok, [PROMPTS[0]])[0]
+    with pytest.raises(ValueError, match="longest_prompt"):
+        generation.stream_fast(model, tok, chunked_feed(reqs, 1, []), lambda i, r: None, longest_prompt=short,
+                               total=2, max_new_tokens=4, progress=False, options=generation.FastOptions(slots=1),
+                               sampled=False, truncate=False)
+    sampled = [GenRequest(PROMPTS[0], temperature=0.7, top_p=0.9, seed=1)]
+    for flags in ({"sampled": False, "truncate": False}, {"sampled": True, "truncate": False}):
+        with pytest.raises(ValueError, match="temperature=0.7, top_p=0.9"):
+            generation.stream_fast(model, tok, chunked_feed(sampled, 1, []), lambda i, r: None, longest_prompt=64,
+                                   total=1, max_new_tokens=4, progress=False, options=generation.FastOptions(slots=1),
+                                   **flags)
+
+
 def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatch):
     """A decoder (its KV cache, on CUDA its graph pool) must go when a call returns, not at the next
     gc pass: rollout rounds size the next cache from free memory, and a lingering 32 GiB cache made

@@ -143,6 +143,25 @@ def test_rollouts_with_the_fast_engine_report_its_slot_occupancy_and_host_time(s
     assert 0 < timing["engine_refill_seconds"] <= timing["generate_seconds"]
 
 
+def test_rollouts_streamed_by_the_fast_engine_equal_the_plain_engines_rows(smoke_cfg):
+    """Issue 12 goal 2: the fast engine takes all rounds as one stream (no tail per round) and rows are written as
+    questions finish. In fp32 both engines give the same tokens, so without a bandit the rows are the same,
+    scores and rewards included, whatever order they reach the file in."""
+    from looper_math.rollouts import collect_rollouts
+
+    rows = {}
+    for engine in ("hf", "fast"):
+        cfg = smoke_cfg("rollouts.k=3", "rollouts.limit=5", "rollouts.adapter=none", "rollouts.eval_prompt_share=1.0",
+                        "rollouts.questions_per_round=2", "rollouts.batch_size=4", f"eval.engine={engine}",
+                        f"rollouts.output=data/rollouts_{engine}.jsonl")
+        summary = collect_rollouts(cfg)
+        rows[engine] = sorted((json.loads(x) for x in cfg.path(cfg.rollouts.output).read_text().splitlines()),
+                              key=lambda x: (x["question_id"], x["sample_idx"]))
+        assert summary["rows"] == 15 and summary["this_run"]["tokens"] == sum(x["num_tokens"] for x in rows[engine])
+    assert rows["fast"] == rows["hf"]
+    assert len({x["full_text"] for x in rows["hf"]}) > 1
+
+
 def test_all_samples_under_the_eval_prompt_need_no_bandit(smoke_cfg):
     from looper_math.rollouts import collect_rollouts
 

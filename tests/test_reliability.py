@@ -243,6 +243,25 @@ def test_rollouts_kill_resume_exactly_once(smoke_cfg, rollouts_reference):
     assert "0 questions to go" in r.stdout and out.read_bytes() == before
 
 
+def test_rollouts_streamed_by_the_fast_engine_kill_resume_exactly_once(tmp_path, tiny_model_dir):
+    """The fast engine takes every round in one stream and writes rows as questions finish: a kill still loses
+    only unwritten rows, and the resume's rows equal an uninterrupted run's (no bandit: every sample under the
+    evaluation prompt, so no allocation depends on when a round was asked for)."""
+    from looper_math.rollouts import KEY
+
+    settings = (*ROLLOUT_SET, "eval.engine=fast", "rollouts.eval_prompt_share=1.0", "rollouts.batch_size=3")
+    ref = make_cfg(tmp_path / "ref", tiny_model_dir, *settings)
+    run_cli(cli("rollouts", write_config(ref)))
+    reference = rows_by_key(ref.path(ref.rollouts.output), KEY)
+    cfg = make_cfg(tmp_path / "killed", tiny_model_dir, *settings)
+    cfg_path, out = write_config(cfg), cfg.path(cfg.rollouts.output)
+    assert kill_when(cli("rollouts", cfg_path), lambda: n_lines(out) >= 4, Path(cfg.run_dir) / "kill.log")
+    kept = complete_lines(out)
+    assert 0 < kept.count(b"\n") < len(reference)
+    run_cli(cli("rollouts", cfg_path, "--resume"))
+    assert_exactly_once(out, KEY, kept, reference)
+
+
 def test_eval_kill_resume_exactly_once(smoke_cfg, eval_reference):
     cfg = smoke_cfg(*EVAL_SET)
     cfg_path, out = write_config(cfg), Path(cfg.run_dir) / "outputs" / "killed_eval.jsonl"

@@ -149,7 +149,7 @@ class RolloutsConfig:
     k: Count = _f(8, "Trajectories per question.")
     max_new_tokens: Count = _f(384, "Max generated tokens per trajectory.")
     batch_size: Count = _f(64, "Sequences per generation batch.")
-    questions_per_round: Count = _f(32, "Questions per bandit update.")
+    questions_per_round: Count = _f(32, "Questions per bandit allocation (a round); the fast engine streams rounds into one call, so it no longer sets how full the slots run.")
     limit: Count | None = _f(None, "Only the first N questions.")
     seed: NonNeg = _f(0, "Base seed; each sample's seed derives from (seed, question_id, sample_idx).")
     eval_prompt_share: Share = _f(0.0, "Share of each question's k samples drawn under the plain evaluation prompt (arm 'eval_prompt', on-policy for pairs and RFT); the bandit spreads the rest over the Regime W arms. 1.0 = all.")
@@ -230,6 +230,7 @@ class EvalConfig:
     batch_size: Count = _f(64, "Questions per generation batch.")
     limit: Count | None = _f(None, "Only the first N questions.")
     engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
+    fast_attn: Literal["sdpa", "bmm", "flex"] = _f("sdpa", "The fast engine's decode attention (eval, rollouts, GRPO sampling): sdpa (the whole static cache under a length mask) | bmm | flex (FlexAttention: each sequence reads only its own KV blocks; compiled once per cache length). See bench/RESULTS.md.")
     merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
     answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
     protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples and rewards follow it too.")
@@ -451,12 +452,12 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
     "eval_sft": (("model", "data", "eval"), ("sft",)),
     "eval_dpo": (("model", "data", "eval"), ("dpo",)),
-    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ("sft",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ("sft",)),
     # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
-    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine"), ()),
+    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ()),
     "prefs": (("prefs",), ("rollouts",)),
     "dpo": (("dpo",), ("prefs", "sft")),
-    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine"), ("sft",)),
+    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ("sft",)),
     "eval_grpo": (("model", "data", "eval"), ("grpo",)),
 }
 # where outputs go and how often progress is logged or checkpointed: not what an output holds

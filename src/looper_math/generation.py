@@ -23,6 +23,7 @@ Guarantees, whatever the engine:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -56,11 +57,18 @@ class GenResult:
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids per prompt; no special tokens when the text already starts with the BOS string."""
     bos = tokenizer.bos_token
-    out = []
-    for p in prompts:
-        add_special = not (bos and p.startswith(bos))
-        out.append(tokenizer(p, add_special_tokens=add_special)["input_ids"])
+    out: list[list[int]] = [[] for _ in prompts]
+    for add_special in (True, False):  # one batched call per kind (a fast tokenizer encodes a batch in parallel)
+        which = [i for i, p in enumerate(prompts) if (not (bos and p.startswith(bos))) == add_special]
+        if which:
+            for i, x in zip(which, tokenizer([prompts[i] for i in which], add_special_tokens=add_special)["input_ids"]):
+                out[i] = x
     return out
+
+
+def prompt_tokens(tokenizer, prompts: list[str]) -> list[int]:
+    """Each prompt's token count as the engines tokenize it."""
+    return [len(x) for x in encode_prompts(tokenizer, prompts)]
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -247,6 +255,15 @@ class _Progress:
 # Public interface
 
 
+def resolve_engine(model, engine: str) -> str:
+    """``engine`` checked; "auto" is the fast engine where it is supported and pays off (CUDA), else the plain path."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        return "fast" if model.device.type == "cuda" and model.config.model_type in FAST_SUPPORTED else "hf"
+    return engine
+
+
 def generate(
     model,
     tokenizer,
@@ -265,15 +282,12 @@ def generate(
     """Generate completions for ``requests``; results in input order. See the module docstring.
     ``fast``: the fast engine's switches (its defaults when None). ``stats``: a dict the fast engine adds its
     counters to (``generate_fast``); the plain engine leaves it as it is."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    engine = resolve_engine(model, engine)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not requests:
         return []
     stop_strings = list(stop_strings) if stop_strings else None
-    if engine == "auto":  # the fast engine where it is supported and pays off (CUDA), else the plain path
-        engine = "fast" if model.device.type == "cuda" and model.config.model_type in FAST_SUPPORTED else "hf"
     if engine == "fast":
         return generate_fast(
             model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -284,6 +298,34 @@ def generate(
         model, tokenizer, requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
         stop_strings=stop_strings, progress=progress, min_new_tokens=min_new_tokens, desc=desc,
     )
+
+
+def generate_stream(model, tokenizer, feed: "Feed", on_result: "OnResult", *, total: int, longest_prompt: int,
+                    max_new_tokens: int, batch_size: int = 32, stop_strings: list[str] | None = None, engine: str = "hf",
+                    progress: bool = True, desc: str = "generate", fast: FastOptions | None = None,
+                    stats: dict | None = None, sampled: bool = True, truncate: bool = True) -> None:
+    """``generate`` over requests that arrive while it runs (rollouts: one round of questions per ``feed()``
+    call). Each result goes to ``on_result(index, result)``, the index counting requests in the order fed.
+
+    The plain engine generates each fed list as one ``generate`` call and delivers its results before it
+    calls ``feed`` again. The fast engine (``stream_fast``) asks for more whenever fewer requests wait than
+    slots are free and delivers each result when its request finishes, so its slots do not idle at the end
+    of each fed list; ``feed`` may then run before the results of earlier lists are all in. ``total`` bounds
+    the requests, ``longest_prompt`` their prompt tokens; ``sampled`` / ``truncate`` as in ``stream_fast``."""
+    engine = resolve_engine(model, engine)
+    stop_strings = list(stop_strings) if stop_strings else None
+    if engine == "fast":
+        stream_fast(model, tokenizer, feed, on_result, longest_prompt=longest_prompt, total=total,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings, progress=progress,
+                    desc=desc, options=fast or FastOptions(), stats=stats, sampled=sampled, truncate=truncate)
+        return
+    base = 0
+    while more := feed():
+        results = generate(model, tokenizer, more, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stop_strings=stop_strings, engine="hf", progress=progress, desc=desc)
+        for i, res in enumerate(results):
+            on_result(base + i, res)
+        base += len(more)
 
 
 @torch.inference_mode()
@@ -693,55 +735,111 @@ def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slot
     return max(1, min(slots, n_requests))
 
 
-@torch.no_grad()
 def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_tokens: int, batch_size: int = 32,
                   stop_strings: list[str] | None = None, progress: bool = True, min_new_tokens: int = 0,
                   desc: str = "generate", options: FastOptions = FastOptions(), stats: dict | None = None) -> list[GenResult]:
     """The fast engine (``FastDecoder``): the same contract as ``generate`` (see the module docstring), its
     switches in ``options``. ``generate(engine="fast")`` calls it; bench and tests may call it directly.
+    ``stats``: see ``stream_fast``."""
+    results: list[GenResult | None] = [None] * len(requests)
+    pending = [list(requests)]
+
+    def on_result(i: int, res: GenResult) -> None:
+        results[i] = res
+
+    stream_fast(model, tokenizer, lambda: pending.pop() if pending else [], on_result,
+                longest_prompt=max(len(x) for x in encode_prompts(tokenizer, [r.prompt for r in requests])),
+                total=len(requests), max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings,
+                progress=progress, min_new_tokens=min_new_tokens, desc=desc, options=options, stats=stats,
+                sampled=any(r.temperature > 0 for r in requests),
+                truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests))
+    return results  # type: ignore[return-value]
+
+
+Feed = Callable[[], list[GenRequest]]  # the next requests; an empty list when there are no more
+OnResult = Callable[[int, GenResult], None]  # a request's index (the order fed) and its result
+
+
+@torch.no_grad()
+def stream_fast(model, tokenizer, feed: Feed, on_result: OnResult, *, longest_prompt: int, total: int,
+                max_new_tokens: int, batch_size: int = 32, stop_strings: list[str] | None = None, progress: bool = True,
+                min_new_tokens: int = 0, desc: str = "generate", options: FastOptions = FastOptions(),
+                stats: dict | None = None, sampled: bool = True, truncate: bool = True) -> None:
+    """The fast engine over requests that arrive while it runs: ``feed()`` is called whenever fewer requests
+    wait than slots are free, and each result goes to ``on_result`` as soon as its request finishes, so one
+    call's slots stay full from the first request to the last (no tail per batch of requests).
+
+    Fixed for the call: the cache holds ``longest_prompt`` prompt tokens (a longer prompt is a ValueError);
+    ``total`` bounds the requests (slots and the progress bar); ``sampled`` / ``truncate`` build the sampling
+    path (a fed request with temperature > 0, or top_p < 1, needs them True).
 
     ``stats``: where the time goes, added to the dict's existing values so one dict can sum several calls:
     ``calls``; ``slot_steps`` (decode steps x slots) and ``busy_slot_steps`` (of those, the ones whose slot held a
     request; a request counts until the check that finds it finished, at most ``check_every`` steps late), so
     ``busy_slot_steps / slot_steps`` is the slot occupancy (what a call's tail and too few requests cost);
     ``host_seconds``: the CPU work after each check's copy from the GPU (finished slots, stop strings, decoding
-    texts), during which the GPU waits; ``refill_seconds``: putting new requests into free slots (prefill)."""
+    texts), during which the GPU waits; ``refill_seconds``: putting new requests into free slots (prefill);
+    ``callback_seconds``: time in ``feed`` and ``on_result`` (the caller's work; in neither of the two before)."""
     o = options
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
-    ids = encode_prompts(tokenizer, [r.prompt for r in requests])
-    cache_len = fast_cache_len(max(len(x) for x in ids), max_new_tokens)
-    n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), len(requests), o.max_slots)
+    cache_len = fast_cache_len(longest_prompt, max_new_tokens)
+    n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), max(total, 1), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
-                      min_new_tokens=min_new_tokens, eos=eos, pad=pad,
-                      sampled=any(r.temperature > 0 for r in requests), attn=o.attn, compile=o.compile,
-                      truncate=any(r.temperature > 0 and r.top_p < 1 for r in requests), prefill_tokens=o.prefill_tokens,
-                      flex_block=o.flex_block)
+                      min_new_tokens=min_new_tokens, eos=eos, pad=pad, sampled=sampled, attn=o.attn, compile=o.compile,
+                      truncate=truncate, prefill_tokens=o.prefill_tokens, flex_block=o.flex_block)
     dec.capture()
-    # longest first, identical prompts adjacent so a refill prefills them once
-    queue = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
+    requests: list[GenRequest] = []
+    ids: list[list[int]] = []
+    queue: list[int] = []  # request indices, the next one last
     owner: list[int | None] = [None] * n_slots  # request index per slot
     checked = [0] * n_slots  # tokens already scanned for stop strings
-    results: list[GenResult | None] = [None] * len(requests)
-    bar = _Progress(progress, len(requests), desc)
+    bar = _Progress(progress, total, desc)
     # tokens re-decoded before the unchecked ones: covers a stop string straddling two checks
     # (byte-fallback tokenizers may spend up to 4 tokens on one character)
     margin = 4 * max((len(x) for x in stop_strings or []), default=0) + 4
+    counters = {"calls": 1, "slot_steps": 0, "busy_slot_steps": 0, "host_seconds": 0.0, "refill_seconds": 0.0,
+                "callback_seconds": 0.0}
+    exhausted = False
 
     def has_stop(toks: list[int]) -> bool:
         return cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)[1]
 
-    counters = {"calls": 1, "slot_steps": 0, "busy_slot_steps": 0, "host_seconds": 0.0, "refill_seconds": 0.0}
+    def pull(need: int) -> None:
+        """Ask the feed until ``need`` requests wait or it has no more; each batch longest first, identical
+        prompts adjacent so a refill prefills them once, behind the requests already waiting."""
+        nonlocal exhausted
+        while len(queue) < need and not exhausted:
+            t0 = time.perf_counter()
+            more = feed()
+            counters["callback_seconds"] += time.perf_counter() - t0
+            if not more:
+                exhausted = True
+                break
+            new_ids = encode_prompts(tokenizer, [r.prompt for r in more])
+            for r, x in zip(more, new_ids):
+                if len(x) > longest_prompt:
+                    raise ValueError(f"a fed prompt has {len(x)} tokens, more than the call's longest_prompt={longest_prompt}")
+                if (r.temperature > 0 and not sampled) or (r.temperature > 0 and r.top_p < 1 and not truncate):
+                    raise ValueError(f"a fed request samples (temperature={r.temperature}, top_p={r.top_p}) but the call "
+                                     f"was built with sampled={sampled}, truncate={truncate}")
+            base = len(requests)
+            requests.extend(more)
+            ids.extend(new_ids)
+            queue[:0] = sorted(range(base, len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
 
     def refill() -> None:
         t0 = time.perf_counter()
-        free = [s for s in range(n_slots) if owner[s] is None][: len(queue)]
+        free = [s for s in range(n_slots) if owner[s] is None]
+        pull(len(free))
+        t1 = time.perf_counter()
+        free = free[: len(queue)]
         if free:
             taken = [queue.pop() for _ in free]
             for s, i in zip(free, taken):
                 owner[s], checked[s] = i, 0
             dec.prefill(free, [ids[i] for i in taken], [requests[i] for i in taken])
-        counters["refill_seconds"] += time.perf_counter() - t0
+        counters["refill_seconds"] += time.perf_counter() - t1
 
     def finalize(s: int, toks: list[int], hit_eos: bool) -> None:
         n, stopped = len(toks), False
@@ -751,15 +849,18 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
             stopped = True
         text, _ = cut_at_stop(tokenizer.decode(toks[:n], skip_special_tokens=True), stop_strings)
         finished = stopped or (hit_eos and n == len(toks))
-        results[owner[s]] = GenResult(text=text, num_tokens=n, finished=finished, token_ids=toks[:n])
+        i, owner[s] = owner[s], None
         bar.update(1, n)
-        owner[s] = None
+        t0 = time.perf_counter()
+        on_result(i, GenResult(text=text, num_tokens=n, finished=finished, token_ids=toks[:n]))
+        counters["callback_seconds"] += time.perf_counter() - t0
 
     def process() -> bool:
         """Finalize finished slots (EOS, max tokens, stop string); True if any slot was freed."""
         active, count = dec.active.tolist(), dec.count.tolist()
         hit_eos, out = dec.hit_eos.tolist(), dec.out.cpu()
         t0 = time.perf_counter()  # the GPU has caught up (the copies above wait for it): host work from here
+        callbacks0 = counters["callback_seconds"]
         freed, by_stop = False, []
         for s in range(n_slots):
             if owner[s] is None or (active[s] and not stop_strings):
@@ -776,13 +877,13 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
                     checked[s] = len(toks)
         if by_stop:
             dec.active[torch.tensor(by_stop, device=dec.device)] = False
-        counters["host_seconds"] += time.perf_counter() - t0
+        counters["host_seconds"] += time.perf_counter() - t0 - (counters["callback_seconds"] - callbacks0)
         return freed or bool(by_stop)
 
     try:
         refill()
         while True:
-            if process() and queue:
+            if process() and (queue or not exhausted):
                 refill()
                 continue
             busy = sum(x is not None for x in owner)
@@ -798,7 +899,6 @@ def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_token
         if stats is not None:
             for k, v in counters.items():
                 stats[k] = stats.get(k, 0) + v
-    return results  # type: ignore[return-value]
 
 
 def throughput_stats(results: list[GenResult], seconds: float) -> dict:

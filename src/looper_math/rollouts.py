@@ -4,13 +4,18 @@ Command: ``looper-math rollouts [--limit N] [--shard i/n] [--resume]`` (alias:
 ``python -m src.rl_training.collect_rollouts_abel``). Writes ``rollouts.output`` (append-only JSONL,
 one row per trajectory, keyed by (question_id, sample_idx)) and ``<stem>.summary.json``.
 
-Per round of ``rollouts.questions_per_round`` questions: the bandit allocates k arms per question,
+Per round of ``rollouts.questions_per_round`` questions: the bandit allocates k arms per question and
 every missing (question_id, sample_idx) becomes one generation request (arm prompt, arm temperature
-and top_p, seed derived from (rollouts.seed, question_id, sample_idx)), all requests of the round are
-generated in large batches, each question's group is scored (``regime_w.scoring.score_group``), rewards
-computed, the round's rows appended in one fsynced write, and the bandit updated.
+and top_p, seed derived from (rollouts.seed, question_id, sample_idx)). The rounds go to the engine
+as one stream (``generation.generate_stream``): the plain engine generates a round at a time; the fast
+engine asks for the next round whenever fewer requests wait than slots are free, so its slots stay full
+from the first question to the last instead of idling in each round's tail. As soon as a question's
+samples are all in, its group is scored (``regime_w.scoring.score_group``, in a process pool while the
+engine decodes) and its rewards computed; rows are appended in fsynced writes of ``WRITE_EVERY``
+questions, and the bandit learns from each write. A round is allocated with every row written by the
+time the engine asks for it (with the plain engine: all earlier rounds).
 
-Killing the process at any point loses at most the round in flight; a rerun with ``--resume`` drops a
+Killing the process at any point loses at most the rows not yet written; a rerun with ``--resume`` drops a
 torn last line, rebuilds the bandit statistics from the rows on disk and generates only missing keys.
 A resume refuses a file written by a different model or adapter.
 
@@ -21,19 +26,21 @@ samples drawn under it are what DPO (and rejection-sampling SFT) should learn fr
 accuracy halves under the arm instructions (issue 13). Every sample of a group is scored together.
 
 Speed: an adapter is merged into this process's copy of the base weights before decoding
-(``eval.merge_adapter``); a round's groups are scored in a process pool (``rollouts.score_workers``)
-while the GPU waits; the summary's ``this_run`` splits the wall time into generation, scoring and the rest.
+(``eval.merge_adapter``); groups are scored in a process pool (``rollouts.score_workers``); the summary's
+``this_run`` splits the wall time into generation, scoring (the main thread's share: submitting groups,
+building and writing rows) and the rest, and, with the fast engine, gives its host time, refill (prefill)
+time and slot occupancy.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
-from looper_math.generation import GenRequest, generate
+from looper_math.generation import FastOptions, GenRequest, generate_stream, prompt_tokens
 from looper_math.layout import resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
@@ -46,6 +53,7 @@ from looper_math.task import GSM8K
 
 KEY = ROLLOUT_KEY
 EVAL_ARM = "eval_prompt"  # the arm name of samples drawn under the plain evaluation prompt
+WRITE_EVERY = 32  # questions per fsynced write of rows (a kill loses at most these and the ones generating)
 
 
 def eval_prompt_samples(k: int, share: float) -> int:
@@ -183,62 +191,38 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                 print(f"rollouts: resuming {out}: {len(old)} rows on disk, {len(todo)} questions to go"
                       + (f" (dropped a torn last line of {sink.torn_bytes} bytes)" if sink.torn_bytes else ""))
             step = max(r.questions_per_round, 1)
-            for start in range(0, len(todo), step):
-                part = todo[start:start + step]
-                reqs, meta, eval_prompts = [], [], {}
-                # the bandit allocates the whole round at once, so its exploration floor holds per round
-                allocation = bandit.allocate_round([p.question_id for p in part]) if bandit is not None else {}
-                for p in part:
-                    allocated = [EVAL_ARM] * n_eval + allocation.get(p.question_id, [])
-                    eval_prompt = eval_prompts[p.question_id] = task.prompt(tokenizer, p.question)
-                    for idx in range(r.k):
-                        if (p.question_id, idx) in sink:
-                            continue
-                        seed = stable_seed(r.seed, p.question_id, idx) % (2**63)
-                        if allocated[idx] == EVAL_ARM:
-                            reqs.append(GenRequest(eval_prompt, r.temperature, r.top_p, seed))
-                            meta.append((p, idx, None, seed))
-                        else:
-                            arm = arms[allocated[idx]]
-                            reqs.append(GenRequest(task.prompt(tokenizer, p.question, arm.instruction), arm.temperature, arm.top_p, seed))
-                            meta.append((p, idx, arm, seed))
-                tg = time.time()
-                results = generate(model, tokenizer, reqs, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                                   stop_strings=task.stop_strings, engine=cfg.eval.engine, stats=engine_stats,
-                                   desc=f"rollouts {min(start + step, len(todo))}/{len(todo)} questions")
-                timing["generate_seconds"] += time.time() - tg
-                new_by_q: dict[str, list[tuple]] = defaultdict(list)
-                for (p, idx, arm, seed), req, res in zip(meta, reqs, results):
-                    new_by_q[p.question_id].append((p, idx, arm, seed, req, res))
-                    run_tokens += res.num_tokens
+            rounds = iter(range(0, len(todo), step))
+            fed: list[tuple] = []  # per request, in the order fed: (problem, sample_idx, arm or None, seed, request)
+            waiting: dict[str, int] = defaultdict(int)  # question -> its requests still generating
+            new_by_q: dict[str, list[tuple]] = defaultdict(list)  # question -> its finished (idx, arm, seed, req, res)
+            scoring: deque[tuple] = deque()  # (problem, group, order, future or scores), completed questions in order
+            unwritten: list[dict] = []
+            unwritten_questions = 0
+            cb = {"score": 0.0, "feed": 0.0}  # main-thread seconds in scoring and rows / in allocating rounds
+
+            def write_rows() -> None:
+                nonlocal unwritten_questions
+                unwritten_questions = 0
+                unwritten.sort(key=lambda x: (x["question_id"], x["sample_idx"]))
+                sink.write(unwritten)
+                update_bandit(bandit, unwritten)
+                unwritten.clear()
+
+            def collect(block: bool) -> None:
+                """Rows for the scored questions, oldest first; written every ``WRITE_EVERY`` questions (and
+                whenever ``block``, which also waits for every question still scoring)."""
+                nonlocal run_tokens, unwritten_questions
                 ts = time.time()
-                groups = {}
-                for qid, items in new_by_q.items():
-                    p = items[0][0]
-                    group = dict(texts_by_q.get(qid, {}))
-                    for _, idx, _, _, _, res in items:
-                        group[idx] = res.text
-                    groups[qid] = (p, group, sorted(group))
-                # each text's answer is extracted once, by the task, and grades `correct` and s_end alike
-                score_args = {qid: ((p.question, [group[i] for i in order], p.answer if w.cf_source == "reference" else None,
-                                     weights, w.cf_perturbations),
-                                    {"seed": stable_seed(r.seed, qid) % (2**32), "answers": [task.extract(group[i]) for i in order]})
-                              for qid, (p, group, order) in groups.items()}
-                if pool is not None and len(score_args) > 1:
-                    futures = {qid: pool.submit(score_group, *a, **kw) for qid, (a, kw) in score_args.items()}
-                    scored = {qid: f.result() for qid, f in futures.items()}
-                else:
-                    scored = {qid: score_group(*a, **kw) for qid, (a, kw) in score_args.items()}
-                timing["score_seconds"] += time.time() - ts
-                rows = []
-                for qid, items in new_by_q.items():
-                    p, group, order = groups[qid]
-                    scores = dict(zip(order, scored[qid]))
-                    for _, idx, arm, seed, req, res in items:
+                while scoring and (block or pool is None or scoring[0][3].done()):
+                    p, group, order, scored = scoring.popleft()
+                    qid = p.question_id
+                    scores = dict(zip(order, scored.result() if pool is not None else scored))
+                    for idx, arm, seed, req, res in new_by_q.pop(qid):
                         sco = scores[idx]
                         correct = task.is_correct(sco["answer"], p.gold)
                         temperature, top_p = (arm.temperature, arm.top_p) if arm is not None else (r.temperature, r.top_p)
-                        rows.append(RolloutRow(
+                        run_tokens += res.num_tokens
+                        unwritten.append(RolloutRow(
                             question_id=qid, sample_idx=idx, arm=arm.name if arm is not None else EVAL_ARM,
                             arm_family=arm.family if arm is not None else "eval",
                             prompt=req.prompt, eval_prompt=eval_prompts[qid], full_text=res.text,
@@ -250,9 +234,80 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                             temperature=temperature, top_p=top_p, seed=seed, model=model_id, adapter=adapter_id,
                         ))
                     texts_by_q[qid] = group
-                rows.sort(key=lambda x: (x["question_id"], x["sample_idx"]))
-                sink.write(rows)
-                update_bandit(bandit, rows)
+                    unwritten_questions += 1
+                    if unwritten_questions >= WRITE_EVERY:
+                        write_rows()
+                if block and unwritten:
+                    write_rows()
+                cb["score"] += time.time() - ts
+
+            def feed() -> list[GenRequest]:
+                """The next round's requests, allocated by the bandit with every row written so far."""
+                collect(block=True)
+                start = next(rounds, None)
+                if start is None:
+                    return []
+                tf = time.time()
+                part = todo[start:start + step]
+                reqs = []
+                # the bandit allocates the whole round at once, so its exploration floor holds per round
+                allocation = bandit.allocate_round([p.question_id for p in part]) if bandit is not None else {}
+                for p in part:
+                    allocated = [EVAL_ARM] * n_eval + allocation.get(p.question_id, [])
+                    for idx in range(r.k):
+                        if (p.question_id, idx) in sink:
+                            continue
+                        seed = stable_seed(r.seed, p.question_id, idx) % (2**63)
+                        if allocated[idx] == EVAL_ARM:
+                            req, arm = GenRequest(eval_prompts[p.question_id], r.temperature, r.top_p, seed), None
+                        else:
+                            arm = arms[allocated[idx]]
+                            req = GenRequest(task.prompt(tokenizer, p.question, arm.instruction), arm.temperature, arm.top_p, seed)
+                        reqs.append(req)
+                        fed.append((p, idx, arm, seed, req))
+                        waiting[p.question_id] += 1
+                cb["feed"] += time.time() - tf
+                return reqs
+
+            def on_result(i: int, res) -> None:
+                """A finished request; once its question's are all in, the group goes to scoring."""
+                p, idx, arm, seed, req = fed[i]
+                qid = p.question_id
+                new_by_q[qid].append((idx, arm, seed, req, res))
+                waiting[qid] -= 1
+                if waiting[qid]:
+                    return
+                ts = time.time()
+                group = dict(texts_by_q.get(qid, {}))
+                group.update((item[0], item[4].text) for item in new_by_q[qid])
+                order = sorted(group)
+                texts = [group[j] for j in order]
+                # each text's answer is extracted once, by the task, and grades `correct` and s_end alike
+                args = (p.question, texts, p.answer if w.cf_source == "reference" else None, weights, w.cf_perturbations)
+                kw = {"seed": stable_seed(r.seed, qid) % (2**32), "answers": [task.extract(t) for t in texts]}
+                scored = pool.submit(score_group, *args, **kw) if pool is not None else score_group(*args, **kw)
+                scoring.append((p, group, order, scored))
+                cb["score"] += time.time() - ts
+                collect(block=False)
+
+            eval_prompts = {p.question_id: task.prompt(tokenizer, p.question) for p in todo}
+            # the cache holds the longest prompt: the evaluation prompt's, plus the longest arm instruction
+            longest = max(prompt_tokens(tokenizer, list(eval_prompts.values())), default=1)
+            if bandit is not None:
+                longest += max(prompt_tokens(tokenizer, [a.instruction for a in arms.values()])) + 8
+            n_requests = sum(r.k - len(texts_by_q.get(p.question_id, {})) for p in todo)
+            # the sampling path the requests need: (temperature, top_p) of the evaluation prompt's and the arms' samples
+            drawn = ([(r.temperature, r.top_p)] if n_eval else []) + (
+                [(a.temperature, a.top_p) for a in arms.values()] if bandit is not None else [])
+            sampled, truncate = any(t > 0 for t, _ in drawn), any(t > 0 and tp < 1 for t, tp in drawn)
+            tg = time.time()
+            generate_stream(model, tokenizer, feed, on_result, total=n_requests, longest_prompt=longest,
+                            max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, stop_strings=task.stop_strings,
+                            engine=cfg.eval.engine, fast=FastOptions(attn=cfg.eval.fast_attn), stats=engine_stats, sampled=sampled, truncate=truncate,
+                            desc=f"rollouts {len(todo)} questions x {r.k}")
+            timing["generate_seconds"] += time.time() - tg - cb["score"] - cb["feed"]
+            collect(block=True)
+            timing["score_seconds"] += cb["score"]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
