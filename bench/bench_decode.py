@@ -69,7 +69,8 @@ def main() -> None:
     p.add_argument("--flex-block", type=int, default=generation.FastOptions.flex_block,
                    help="attn=flex: the BlockMask's KV block (variants and profile)")
     p.add_argument("--attn", default=generation.FastOptions.attn,
-                   help="comma list: attention core(s) of the k-shared-prompt figure, one line each (e.g. sdpa,flex)")
+                   help="comma list: attention core(s) of the k-shared-prompt figure, one line each (e.g. sdpa,flex); "
+                        "a core with +compile also compiles the decode layer (flex+compile)")
     p.add_argument("--k", type=int, default=8, help="samples per prompt in the shared-prompt case (default 8)")
     p.add_argument("--hf", action="store_true",
                    help="also transformers' fastest paths: hf_static_compile and hf_generate_batch (bench/hf_baselines.py)")
@@ -170,9 +171,11 @@ def main() -> None:
     plain_prompts = prompts[:s]
     reqs = [GenRequest(p, temperature=1.0, seed=i) for i, p in enumerate(shared_prompts)]
     shared_rows = []
-    for attn in args.attn.split(","):  # one line per attention core; the fastest is the figure
+    for core in args.attn.split(","):  # one line per attention core; the fastest is the figure
+        attn, _, extra = core.partition("+")  # "flex+compile": torch.compile of the decode layer too
         try:
-            shared_rows.append(run_fast(reqs, "fast_shared_prompt", slots=s, k=k, attn=attn, flex_block=args.flex_block))
+            shared_rows.append(run_fast(reqs, "fast_shared_prompt", slots=s, k=k, attn=attn, flex_block=args.flex_block,
+                                        compile=extra == "compile"))
         except Exception as e:  # noqa: BLE001  (e.g. the flex kernel's compile): the other cores still count
             report("fast_shared_prompt", slots=s, k=k, attn=attn, error=f"{type(e).__name__}: {str(e)[:300]}")
             free_memory()
