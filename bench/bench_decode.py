@@ -12,6 +12,8 @@ every line is appended to $OUT/decode.jsonl as it comes, so a timeout keeps what
     HF_HUB_OFFLINE=1 PYTHONPATH=src timeout 580 python bench/bench_decode.py --slots 512 --no-variants \
         --hf --hf-batches 64,512 --profile --deadline-s 440 --out $OUT
 
+(session 8, RESULTS.md: ``--slots 512 --attn sdpa,flex --no-variants --hf --hf-batches 64 --deadline-s 430``, 476 s)
+
 Every request has a 200-token prompt and is forced to generate exactly --new tokens
 (min_new_tokens = max_new_tokens), sampled at temperature 1. Figures (one JSON line each):
 - ``plain_generate``: ``model.generate(do_sample=True)``, batch 64 -- the baseline, measured here;
