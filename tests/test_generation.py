@@ -245,6 +245,16 @@ def test_stream_equals_generate_and_indexes_results_in_feed_order(model, tok, en
         assert feeds_before_first_result == [("feed", 3)] * 3  # 8 free slots: 3 + 3 + 3 requests before decoding
 
 
+@pytest.mark.parametrize("engine_name", ["hf", "fast"])
+def test_stream_of_nothing_builds_nothing(model, tok, engine_name, monkeypatch):
+    """total = 0 (a complete run resumed): neither the feed nor a decoder is touched."""
+    monkeypatch.setattr(generation, "FastDecoder", None)  # building one would fail
+    log: list = []
+    generation.generate_stream(model, tok, chunked_feed([], 1, log), lambda i, r: log.append(i), total=0,
+                               longest_prompt=1, max_new_tokens=4, engine=engine_name, progress=False)
+    assert log == []
+
+
 def test_stream_fast_rejects_a_prompt_or_sampling_the_call_was_not_built_for(model, tok):
     reqs = [GenRequest(PROMPTS[0]), GenRequest(PROMPTS[1])]
     short = generation.prompt_tokens(tok, [PROMPTS[0]])[0]

@@ -313,6 +313,8 @@ def generate_stream(model, tokenizer, feed: "Feed", on_result: "OnResult", *, to
     of each fed list; ``feed`` may then run before the results of earlier lists are all in. ``total`` bounds
     the requests, ``longest_prompt`` their prompt tokens; ``sampled`` / ``truncate`` as in ``stream_fast``."""
     engine = resolve_engine(model, engine)
+    if total < 1:  # nothing to generate (a resumed run that is complete): no decoder, no graph capture
+        return
     stop_strings = list(stop_strings) if stop_strings else None
     if engine == "fast":
         stream_fast(model, tokenizer, feed, on_result, longest_prompt=longest_prompt, total=total,
