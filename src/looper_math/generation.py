@@ -57,13 +57,13 @@ class GenResult:
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids per prompt; no special tokens when the text already starts with the BOS string."""
     bos = tokenizer.bos_token
-    out: list[list[int]] = [[] for _ in prompts]
+    unique = list(dict.fromkeys(prompts))  # rollouts and GRPO repeat each prompt k times: encode it once
+    ids: dict[str, list[int]] = {}
     for add_special in (True, False):  # one batched call per kind (a fast tokenizer encodes a batch in parallel)
-        which = [i for i, p in enumerate(prompts) if (not (bos and p.startswith(bos))) == add_special]
+        which = [p for p in unique if (not (bos and p.startswith(bos))) == add_special]
         if which:
-            for i, x in zip(which, tokenizer([prompts[i] for i in which], add_special_tokens=add_special)["input_ids"]):
-                out[i] = x
-    return out
+            ids.update(zip(which, tokenizer(which, add_special_tokens=add_special)["input_ids"]))
+    return [list(ids[p]) for p in prompts]  # a list of its own per prompt, as before
 
 
 def prompt_tokens(tokenizer, prompts: list[str]) -> list[int]:
@@ -831,10 +831,9 @@ def stream_fast(model, tokenizer, feed: Feed, on_result: OnResult, *, longest_pr
             queue[:0] = sorted(range(base, len(requests)), key=lambda i: (-len(ids[i]), ids[i]))[::-1]
 
     def refill() -> None:
-        t0 = time.perf_counter()
         free = [s for s in range(n_slots) if owner[s] is None]
         pull(len(free))
-        t1 = time.perf_counter()
+        t1 = time.perf_counter()  # the feed's time is callback_seconds, not refill
         free = free[: len(queue)]
         if free:
             taken = [queue.pop() for _ in free]

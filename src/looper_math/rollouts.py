@@ -165,8 +165,8 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     model_id, adapter_id = cfg.model.name_or_path, str(adapter_dir) if adapter_dir else None
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
-    timing = {"generate_seconds": 0.0, "score_seconds": 0.0}
-    engine_stats: dict = {}  # the fast engine's counters over every round (generation.generate_fast)
+    timing: dict[str, float] = {}
+    engine_stats: dict = {}  # the fast engine's counters (generation.stream_fast)
     workers = score_workers(r.score_workers)
     pool = None
     if workers > 1:
@@ -305,9 +305,9 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                             max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, stop_strings=task.stop_strings,
                             engine=cfg.eval.engine, fast=FastOptions(attn=cfg.eval.fast_attn), stats=engine_stats, sampled=sampled, truncate=truncate,
                             desc=f"rollouts {len(todo)} questions x {r.k}")
-            timing["generate_seconds"] += time.time() - tg - cb["score"] - cb["feed"]
+            timing["generate_seconds"] = time.time() - tg - cb["score"] - cb["feed"]
             collect(block=True)
-            timing["score_seconds"] += cb["score"]
+            timing["score_seconds"] = cb["score"]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
