@@ -242,12 +242,13 @@ def hf_generate_batch(model, tok, cases: dict[str, list[str]], *, new: int, slot
 
 # ---- profile: the fast engine's decode step --------------------------------------------------------
 def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps: int, top: int = 20,
-                 attn: str | None = None, flex_block: int | None = None) -> dict:
+                 attn: str | None = None, flex_block: int | None = None, fuse: bool = True) -> dict:
     """``slots`` requests (the given prompts) prefilled into a FastDecoder, then: decode steps as CUDA
     graph replays timed (ms/step), and ``steps`` eager steps under torch.profiler (the kernels the
     graph replays). Top ``top`` CUDA kernels by total time (CPU ops by self time without CUDA).
     ``attn`` / ``flex_block``: the decoder's attention core (FastOptions' defaults when None); with "flex"
-    on CUDA the eager steps call the same compiled flex kernel the graph replays."""
+    on CUDA the eager steps call the same compiled flex kernel the graph replays. ``fuse``: the fused decode
+    layer (FastOptions.fuse) or the model's own modules."""
     from torch.profiler import ProfilerActivity, profile
 
     from looper_math import generation
@@ -263,7 +264,7 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     attn = attn or generation.FastOptions.attn
     flex_block = flex_block or generation.FastOptions.flex_block
     row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=attn,
-               compile=generation.FastOptions.compile)
+               compile=generation.FastOptions.compile, fuse=fuse)
     if attn == "flex":
         row["flex_block"] = flex_block
     dec = None
@@ -271,7 +272,8 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
         with torch.no_grad():
             dec = FastDecoder(model, slots=len(reqs), cache_len=cache_len, max_new_tokens=new, min_new_tokens=new,
                               eos=eos, pad=pad, sampled=True, truncate=False,  # top_p 1: as generate_fast builds it
-                              attn=attn, flex_block=flex_block)
+                              attn=attn, flex_block=flex_block, fuse=fuse)
+            row["fused"] = dec.fused is not None
             dec.capture()
             dec.prefill(list(range(len(reqs))), ids, reqs)
             sync()

@@ -311,6 +311,92 @@ def test_fast_rejects_unsupported_architecture(tok):
         run(m, tok, [GenRequest("x")], engine="fast")
 
 
+# ---- the fused decode layer (FastOptions.fuse) against the model's own modules ----------------------------
+
+
+def tiny_qwen2(tokenizer, seed: int = 0):
+    """Qwen2: q/k/v projections with biases (made non-zero here), 2 query heads per KV head."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+        model.lm_head.weight.mul_(20.0)
+        model.lm_head.weight[: len(SPECIALS)] = 0.0
+    return model
+
+
+def fused_and_plain(m, tok, reqs, **kw):
+    """A fused and an unfused FastDecoder over the same prefilled requests."""
+    ids = encode_prompts(tok, [r.prompt for r in reqs])
+    out = []
+    for fuse in (True, False):
+        d = generation.FastDecoder(m, slots=len(reqs), cache_len=64, max_new_tokens=8, min_new_tokens=0,
+                                   eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=True, fuse=fuse, **kw)
+        d.prefill(list(range(len(reqs))), ids, reqs)
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_layer_equals_module_path(tok, arch):
+    """Logits of several decode steps agree to float32 rounding, the KV caches too; generated tokens are equal
+    (greedy and seeded samples, refills) and the model's weights are untouched (the fused ones are copies)."""
+    m = tiny_model(tok) if arch == "llama" else tiny_qwen2(tok)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    reqs = mixed_requests()
+    fused, plain = fused_and_plain(m, tok, reqs)
+    assert fused.fuse_blocker is None and plain.fuse_blocker == "fuse=False"
+    assert len(fused.fused) == m.config.num_hidden_layers and plain.fused is None
+    with torch.no_grad():
+        for _ in range(3):
+            a, b = fused._logits(fused.tokens, fused.pos), plain._logits(plain.tokens, plain.pos)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            assert a.abs().max() > 1  # not a trivially small output
+            fused.pos += 1
+            plain.pos += 1
+    for Kf, Kp in zip(fused.K + fused.V, plain.K + plain.V):
+        torch.testing.assert_close(Kf, Kp, rtol=1e-5, atol=1e-5)
+    runs = [generation.generate_fast(m, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
+                                     options=generation.FastOptions(slots=3, check_every=3, fuse=f)) for f in (True, False)]
+    assert runs[0] == runs[1] == run(m, tok, reqs, batch_size=16, max_new_tokens=10)
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    ptrs = [v.data_ptr() for v in after.values()]
+    assert len(set(ptrs)) == len(ptrs)  # no weight rebound to a shared (concatenated) storage
+
+
+def test_fused_layer_steps_aside_for_unmerged_lora_and_other_activations(tok):
+    """An unmerged LoRA layer or a non-SiLU MLP keeps the module path; the decoder says why."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    gelu = tiny_model(tok)
+    gelu.config.hidden_act = "gelu"
+    reqs = [GenRequest(p) for p in PROMPTS]
+    blockers = []
+    for m in (lora.eval(), gelu):
+        d = generation.FastDecoder(m, slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                                   eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False)
+        assert d.fused is None
+        blockers.append(d.fuse_blocker)
+    assert "layer 0 q_proj" in blockers[0] and "not a plain nn.Linear" in blockers[0]
+    assert "gelu" in blockers[1]
+    assert generation.FastDecoder(tiny_model(tok), slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                                  eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False,
+                                  compile=True).fuse_blocker == "compile=True"
+    assert run(lora, tok, reqs, engine="fast", batch_size=2) == run(lora, tok, reqs, batch_size=4)
+
+
 # ---- attn="flex": FlexAttention with a block-sparse mask against sdpa over the whole cache ---------------
 
 LONG_PROMPT = "Long: " + "the quick brown fox jumps over the lazy dog; " * 3  # 142 tokens: cache_len 192

@@ -231,6 +231,7 @@ class EvalConfig:
     limit: Count | None = _f(None, "Only the first N questions.")
     engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     fast_attn: Literal["sdpa", "bmm", "flex"] = _f("sdpa", "The fast engine's decode attention (eval, rollouts, GRPO sampling): sdpa (the whole static cache under a length mask) | bmm | flex (FlexAttention: each sequence reads only its own KV blocks; compiled once per cache length). See bench/RESULTS.md.")
+    fast_fuse: bool = _f(True, "The fast engine's fused decode layer (eval, rollouts, GRPO sampling): q/k/v and gate/up as one GEMM each, norm/rotary/SiLU as fused kernels (compiled on CUDA) wherever the weights are plain (base or merged LoRA); false: the model's own modules each step. See bench/RESULTS.md.")
     merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
     answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
     protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples and rewards follow it too.")
@@ -452,12 +453,12 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
     "eval_sft": (("model", "data", "eval"), ("sft",)),
     "eval_dpo": (("model", "data", "eval"), ("dpo",)),
-    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ("sft",)),
+    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ("sft",)),
     # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
-    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ()),
+    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ()),
     "prefs": (("prefs",), ("rollouts",)),
     "dpo": (("dpo",), ("prefs", "sft")),
-    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn"), ("sft",)),
+    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ("sft",)),
     "eval_grpo": (("model", "data", "eval"), ("grpo",)),
 }
 # where outputs go and how often progress is logged or checkpointed: not what an output holds

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from looper_math.config import Config, eval_phase, fingerprint, save_resolved
-from looper_math.generation import FastOptions, GenRequest, generate
+from looper_math.generation import GenRequest, fast_options, generate
 from looper_math.layout import RunLayout, resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
@@ -100,7 +100,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
             reqs = [GenRequest(prompt=task.prompt(tokenizer, p.question)) for p in part]
             results = generate(model, tokenizer, reqs, max_new_tokens=cfg.eval.max_new_tokens,
                                batch_size=cfg.eval.batch_size, stop_strings=task.stop_strings,
-                               engine=cfg.eval.engine, fast=FastOptions(attn=cfg.eval.fast_attn), desc=f"eval {start + len(part)}/{len(todo)}")
+                               engine=cfg.eval.engine, fast=fast_options(cfg.eval), desc=f"eval {start + len(part)}/{len(todo)}")
             rows = []
             for p, r in zip(part, results):
                 rows.append(EvalRow(question_id=p.question_id, question=p.question, gold=p.gold, prediction=r.text,

@@ -397,7 +397,10 @@ class FastOptions:
     # each step: each slot reads only the KV blocks up to its own position; compiled on CUDA; see FlexDecodeMask)
     attn: str = "sdpa"
     flex_block: int = 64  # attn="flex": KV block of the BlockMask (a power of two >= 16); the cache is padded to it
-    compile: bool = False  # torch.compile the decoder layer before graph capture (bench measures both)
+    compile: bool = False  # torch.compile the decoder layer before graph capture (bench measures both; module path)
+    # the fused decode layer (see _fused_layers) wherever the model allows it (fuse_blocker: plain nn.Linear
+    # projections, i.e. base or merged weights, SiLU, the RMSNorm); False: the model's own modules every step
+    fuse: bool = True
     check_every: int = 16  # decode steps between host syncs (finished rows, stop strings, refills)
     prefill_tokens: int = 16384  # padded prompt tokens per prefill forward
 
@@ -406,6 +409,11 @@ class FastOptions:
 
 
 ATTN_CORES = ("sdpa", "bmm", "flex")
+
+
+def fast_options(eval_cfg) -> FastOptions:
+    """The fast engine's switches a config's ``eval`` section sets (``fast_attn``, ``fast_fuse``)."""
+    return FastOptions(attn=eval_cfg.fast_attn, fuse=eval_cfg.fast_fuse)
 
 
 def _check_attn(attn: str, flex_block: int) -> None:
@@ -518,6 +526,135 @@ class FlexDecodeMask:
         self.partial_idx[:, 0, 0, 0].copy_(full.clamp(max=self.n_blocks - 1))
 
 
+# ---- the fused decode layer (FastOptions.fuse) ----------------------------------------------------------
+# The module path below costs ~38 kernels per layer per step: the models' RMSNorm (7 ops), rotary (rotate_half:
+# slice, neg, cat, two muls, add, for q and k), three q/k/v and two gate/up GEMMs, SiLU, the mul and the
+# residual adds. With plain nn.Linear projections (no LoRA left unmerged) the fused path runs the same math as
+# ~11 kernels: q/k/v and gate/up each one GEMM over concatenated weights (a copy: the model is not touched),
+# and the elementwise parts as three small functions that torch.compile fuses into one Triton kernel each on
+# CUDA (residual add + RMSNorm; split + rotary; SiLU * up). On CPU they run eagerly (the tests compare them
+# with the module path).
+
+
+def _rms_norm(h, w, eps: float):
+    """The models' RMSNorm (Llama / Mistral / Qwen2): in float32, then back to h's dtype, times the weight."""
+    x = h.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return w * x.to(h.dtype)
+
+
+def _add_rms_norm(h, delta, w, eps: float):
+    """The residual add and the next RMSNorm: (h + delta, norm(h + delta))."""
+    h = h + delta
+    return h, _rms_norm(h, w, eps)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _split_rope(qkv, cos, sin, Hkv: int, G: int, D: int):
+    """[B, 1, (Hkv*G + 2*Hkv) * D] -> q [B, Hkv, G, D] (query heads folded per KV head, as the attention
+    cores take them) and k, v [B, Hkv, 1, D], rotary applied to q and k as the models' apply_rotary_pos_emb."""
+    B = qkv.shape[0]
+    q, k, v = qkv.view(B, Hkv * G + 2 * Hkv, D).split([Hkv * G, Hkv, Hkv], dim=1)
+    cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    return q.view(B, Hkv, G, D), k.view(B, Hkv, 1, D), v.reshape(B, Hkv, 1, D)
+
+
+def _silu_mul(gu, inter: int):
+    g, u = gu.split(inter, dim=-1)
+    return torch.nn.functional.silu(g) * u
+
+
+_FUSED_PARTS = None
+
+
+def _fused_parts(compiled: bool):
+    """(add_rms_norm, rms_norm, split_rope, silu_mul): compiled once per process on CUDA, eager otherwise."""
+    global _FUSED_PARTS
+    eager = (_add_rms_norm, _rms_norm, _split_rope, _silu_mul)
+    if not compiled:
+        return eager
+    if _FUSED_PARTS is None:
+        _FUSED_PARTS = tuple(torch.compile(f, dynamic=False, fullgraph=True) for f in eager)
+    return _FUSED_PARTS
+
+
+def fuse_blocker(causal) -> str | None:
+    """Why the fused decode layer cannot stand in for this model's layers (None: it can). It needs plain
+    nn.Linear projections (a LoRA layer left unmerged, or a quantized one, keeps the module path), SiLU, and
+    the RMSNorm the fused path re-implements."""
+    cfg = causal.config
+    if getattr(cfg, "hidden_act", None) not in ("silu", "swish"):
+        return f"hidden_act {getattr(cfg, 'hidden_act', None)!r} is not silu"
+    for i, layer in enumerate(causal.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        for name, mod in (("q_proj", a.q_proj), ("k_proj", a.k_proj), ("v_proj", a.v_proj), ("o_proj", a.o_proj),
+                          ("gate_proj", m.gate_proj), ("up_proj", m.up_proj), ("down_proj", m.down_proj)):
+            if type(mod) is not torch.nn.Linear:
+                return f"layer {i} {name} is a {type(mod).__name__}, not a plain nn.Linear"
+        for name, norm in (("input_layernorm", layer.input_layernorm),
+                           ("post_attention_layernorm", layer.post_attention_layernorm)):
+            if type(norm).__name__ not in _RMS_NORMS:
+                return f"layer {i} {name} is a {type(norm).__name__}"
+        if (a.q_proj.bias is None) != (a.k_proj.bias is None) or (a.q_proj.bias is None) != (a.v_proj.bias is None):
+            return f"layer {i}: q/k/v projections differ in bias"
+        if (m.gate_proj.bias is None) != (m.up_proj.bias is None):
+            return f"layer {i}: gate/up projections differ in bias"
+    if type(causal.model.norm).__name__ not in _RMS_NORMS:
+        return f"the final norm is a {type(causal.model.norm).__name__}"
+    return None
+
+
+_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")  # weight * normed(x), as _rms_norm
+
+
+def _cat_or_none(tensors):
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+class _FusedLayer:
+    """One decoder layer's weights for the fused path: q/k/v and gate/up concatenated (copies), the rest the
+    model's own tensors."""
+
+    def __init__(self, layer):
+        a, m = layer.self_attn, layer.mlp
+        with torch.no_grad():
+            self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+            self.qkv_b = _cat_or_none([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+            self.gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+            self.gu_b = _cat_or_none([m.gate_proj.bias, m.up_proj.bias])
+        self.o_w, self.o_b = a.o_proj.weight, a.o_proj.bias
+        self.down_w, self.down_b = m.down_proj.weight, m.down_proj.bias
+        self.ln1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
+        self.ln2, self.eps2 = layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)
+        self.inter = m.gate_proj.weight.shape[0]
+        self.scaling = a.scaling
+
+
+def _fused_layers(fl: list, parts, h, cos, sin, Ks, Vs, write, mask, attend, final_w, final_eps: float,
+                  Hkv: int, G: int, D: int):
+    """All decoder layers and the final norm on the fused path; returns the normed last hidden state."""
+    add_norm, norm, split_rope, silu_mul = parts
+    F = torch.nn.functional
+    B = h.shape[0]
+    x = norm(h, fl[0].ln1, fl[0].eps1)
+    for i, (w, K, V) in enumerate(zip(fl, Ks, Vs)):
+        q, k, v = split_rope(F.linear(x, w.qkv_w, w.qkv_b), cos, sin, Hkv, G, D)
+        K.scatter_(2, write, k)
+        V.scatter_(2, write, v)
+        o = attend(q, K, V, mask, w.scaling)
+        h, x = add_norm(h, F.linear(o.reshape(B, 1, Hkv * G * D), w.o_w, w.o_b), w.ln2, w.eps2)
+        d = F.linear(silu_mul(F.linear(x, w.gu_w, w.gu_b), w.inter), w.down_w, w.down_b)
+        nxt = fl[i + 1] if i + 1 < len(fl) else None
+        h, x = add_norm(h, d, nxt.ln1 if nxt else final_w, nxt.eps1 if nxt else final_eps)
+    return x
+
+
 def _decode_layer(layer, h, cos, sin, K, V, write, mask, rope, attend, Hkv: int, G: int, D: int):
     """One decoder layer for one new token per slot; writes its K/V into the slot caches K/V."""
     B = h.shape[0]
@@ -555,7 +692,7 @@ class FastDecoder:
     def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
                  eos: list[int], pad: int, sampled: bool, attn: str = FastOptions.attn, compile: bool = FastOptions.compile,
                  truncate: bool = True, prefill_tokens: int = FastOptions.prefill_tokens,
-                 flex_block: int = FastOptions.flex_block):
+                 flex_block: int = FastOptions.flex_block, fuse: bool = FastOptions.fuse):
         from peft import PeftModel
 
         causal = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -607,6 +744,10 @@ class FastDecoder:
         # regional compilation: one compiled layer reused by all layers (fuses the norms, rotary and
         # residual adds that otherwise cost ~45 small kernels per layer per step)
         self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
+        # fused path: not with compile (that compiles the module path's layer); why not, when asked for
+        self.fuse_blocker = "compile=True" if compile else fuse_blocker(causal) if fuse else "fuse=False"
+        self.fused = None if self.fuse_blocker else [_FusedLayer(layer) for layer in self.decoder.layers]
+        self.parts = _fused_parts(compiled=dev.type == "cuda") if self.fused else None
         self.graph = None
 
     # -- decode -------------------------------------------------------------------------------------
@@ -620,6 +761,11 @@ class FastDecoder:
         else:
             mask = (self.cols[None, :] <= pos[:, None])[:, None, None, :]
         write = pos.view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+        if self.fused is not None:
+            norm = self.decoder.norm
+            x = _fused_layers(self.fused, self.parts, h, cos, sin, self.K, self.V, write, mask, self.attend,
+                              norm.weight, float(norm.variance_epsilon), Hkv, G, D)
+            return self.lm_head(x[:, 0]).float()
         for layer, K, V in zip(self.decoder.layers, self.K, self.V):
             h = self._layer(layer, h, cos, sin, K, V, write, mask, self.rope, self.attend, Hkv, G, D)
         return self.lm_head(self.decoder.norm(h)[:, 0]).float()
@@ -666,6 +812,7 @@ class FastDecoder:
         self.graph = None
         self.K, self.V = [], []
         self.flex = None
+        self.fused = None  # the concatenated weight copies
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -789,7 +936,7 @@ def stream_fast(model, tokenizer, feed: Feed, on_result: OnResult, *, longest_pr
     n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), max(total, 1), o.max_slots)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad, sampled=sampled, attn=o.attn, compile=o.compile,
-                      truncate=truncate, prefill_tokens=o.prefill_tokens, flex_block=o.flex_block)
+                      truncate=truncate, prefill_tokens=o.prefill_tokens, flex_block=o.flex_block, fuse=o.fuse)
     dec.capture()
     requests: list[GenRequest] = []
     ids: list[list[int]] = []

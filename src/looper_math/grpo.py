@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 
 from looper_math.config import Config
-from looper_math.generation import FastOptions, GenRequest, encode_prompts, generate
+from looper_math.generation import GenRequest, encode_prompts, fast_options, generate
 from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
@@ -129,7 +129,7 @@ class MergedRollouts:
         self.calls += 1
         results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
                            batch_size=len(requests), stop_strings=self.stop_strings,
-                           engine=self.cfg.eval.engine, fast=FastOptions(attn=self.cfg.eval.fast_attn), progress=False)
+                           engine=self.cfg.eval.engine, fast=fast_options(self.cfg.eval), progress=False)
         out = {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
                "logprobs": None}
         dt = time.perf_counter() - t0  # generate returns host lists: the GPU work is finished

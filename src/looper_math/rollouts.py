@@ -40,7 +40,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
-from looper_math.generation import FastOptions, GenRequest, generate_stream, prompt_tokens
+from looper_math.generation import GenRequest, fast_options, generate_stream, prompt_tokens
 from looper_math.layout import resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
@@ -303,7 +303,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
             tg = time.time()
             generate_stream(model, tokenizer, feed, on_result, total=n_requests, longest_prompt=longest,
                             max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, stop_strings=task.stop_strings,
-                            engine=cfg.eval.engine, fast=FastOptions(attn=cfg.eval.fast_attn), stats=engine_stats, sampled=sampled, truncate=truncate,
+                            engine=cfg.eval.engine, fast=fast_options(cfg.eval), stats=engine_stats, sampled=sampled, truncate=truncate,
                             desc=f"rollouts {len(todo)} questions x {r.k}")
             timing["generate_seconds"] = time.time() - tg - cb["score"] - cb["feed"]
             collect(block=True)
