@@ -10,7 +10,7 @@ import torch
 
 from looper_math import generation
 from looper_math.generation import GenRequest, generate
-from test_generation import PROMPTS, mixed_requests, tiny_model, tiny_tokenizer
+from test_generation import PROMPTS, mixed_requests, tiny_model, tiny_qwen2, tiny_tokenizer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,13 +28,25 @@ def cuda_model(tok, dtype):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "bmm", "flex"])
-@pytest.mark.parametrize("compile", [False, True])
-def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile):
-    m = cuda_model(tok, torch.float32)
+@pytest.mark.parametrize("compile, fuse", [(False, True), (False, False), (True, False)])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile, fuse, arch):
+    """fuse=True: the fused layer with its compiled parts (Triton) under the CUDA graph; Qwen2 has q/k/v biases."""
+    m = (tiny_model(tok) if arch == "llama" else tiny_qwen2(tok)).to(device="cuda", dtype=torch.float32)
     reqs = mixed_requests() * 3  # 42 requests through 8 slots: refills under the CUDA graph
     hf = generate(m, tok, reqs, max_new_tokens=24, batch_size=64, stop_strings=["*_"], progress=False)
-    got = generation.generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"], progress=False,
-                                   options=generation.FastOptions(slots=8, attn=attn, compile=compile))
+    seen = []
+    real = generation.FastDecoder.capture
+
+    def spy(dec):
+        seen.append(dec.fused is not None)
+        return real(dec)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generation.FastDecoder, "capture", spy)
+        got = generation.generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"], progress=False,
+                                       options=generation.FastOptions(slots=8, attn=attn, compile=compile, fuse=fuse))
+    assert seen == [fuse]
     assert got == hf
 
 

@@ -574,13 +574,15 @@ _FUSED_PARTS = None
 
 
 def _fused_parts(compiled: bool):
-    """(add_rms_norm, rms_norm, split_rope, silu_mul): compiled once per process on CUDA, eager otherwise."""
+    """(add_rms_norm, rms_norm, split_rope, silu_mul): compiled once per process on CUDA, eager otherwise.
+    Default (automatic) dynamic shapes: the first slot count gets a static kernel, a second one a kernel for any
+    batch, so calls with varying slot counts (eval's chunks) stop recompiling after two."""
     global _FUSED_PARTS
     eager = (_add_rms_norm, _rms_norm, _split_rope, _silu_mul)
     if not compiled:
         return eager
     if _FUSED_PARTS is None:
-        _FUSED_PARTS = tuple(torch.compile(f, dynamic=False, fullgraph=True) for f in eager)
+        _FUSED_PARTS = tuple(torch.compile(f, fullgraph=True) for f in eager)
     return _FUSED_PARTS
 
 
