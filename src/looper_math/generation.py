@@ -454,8 +454,13 @@ def _flex_compiled():
     needs static batch and head counts, and each decoder's shapes are fixed anyway."""
     global _FLEX_COMPILED
     if _FLEX_COMPILED is None:
+        import torch._dynamo
+
         from torch.nn.attention.flex_attention import flex_attention
 
+        # one compile per (slots, cache length): past dynamo's default limit of 8 it would fall back to eager
+        # flex_attention, whose CPU-side tensors break CUDA-graph capture (seen in a bench sweeping 5 slot counts)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
     return _FLEX_COMPILED
 
@@ -582,7 +587,9 @@ def _fused_parts(compiled: bool):
     if not compiled:
         return eager
     if _FUSED_PARTS is None:
-        _FUSED_PARTS = tuple(torch.compile(f, fullgraph=True) for f in eager)
+        # emulate_precision_casts: round where eager rounds to bf16 (rotary's products, the norm's cast before
+        # the weight), so the fused kernels' numbers stay those of the module path, not merely closer to exact
+        _FUSED_PARTS = tuple(torch.compile(f, fullgraph=True, options={"emulate_precision_casts": True}) for f in eager)
     return _FUSED_PARTS
 
 
