@@ -397,6 +397,24 @@ def test_fused_layer_steps_aside_for_unmerged_lora_and_other_activations(tok):
     assert run(lora, tok, reqs, engine="fast", batch_size=2) == run(lora, tok, reqs, batch_size=4)
 
 
+def test_fused_copies_are_counted_and_reserved_when_sizing_slots(tok, monkeypatch):
+    """fused_copy_bytes is the q/k/v + gate/up weights (and biases); fast_slots takes them off the free memory
+    before giving half of it to the KV cache (on CUDA; here a stand-in device and memory query)."""
+    from types import SimpleNamespace
+
+    m = tiny_qwen2(tok)
+    c, L = m.config, m.config.num_hidden_layers
+    hd = c.hidden_size // c.num_attention_heads
+    qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd * (c.hidden_size + 1)  # weights + biases
+    assert generation.fused_copy_bytes(m) == L * 4 * (qkv + 2 * c.intermediate_size * c.hidden_size)
+    fake = SimpleNamespace(device=torch.device("cuda"), config=c, dtype=torch.bfloat16)
+    per_slot = 2 * L * c.num_key_value_heads * hd * 64 * 2 + 16 * c.vocab_size
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * per_slot, 0))
+    assert generation.fast_slots(fake, 1, 64, 10_000) == 500
+    assert generation.fast_slots(fake, 1, 64, 10_000, reserve=400 * per_slot) == 300
+    assert generation.fast_slots(fake, 8, 64, 10_000, reserve=2000 * per_slot) == 8  # never below batch_size
+
+
 # ---- attn="flex": FlexAttention with a block-sparse mask against sdpa over the whole cache ---------------
 
 LONG_PROMPT = "Long: " + "the quick brown fox jumps over the lazy dog; " * 3  # 142 tokens: cache_len 192

@@ -622,6 +622,22 @@ def fuse_blocker(causal) -> str | None:
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")  # weight * normed(x), as _rms_norm
 
 
+def fused_copy_bytes(causal) -> int:
+    """GPU memory the fused path's concatenated q/k/v and gate/up copies take (8.4 GiB on the 7B shape)."""
+    n = 0
+    for layer in causal.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        for mod in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
+            n += sum(t.numel() * t.element_size() for t in (mod.weight, mod.bias) if t is not None)
+    return n
+
+
+def _causal_lm(model):
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def _cat_or_none(tensors):
     return None if tensors[0] is None else torch.cat(tensors)
 
@@ -702,9 +718,7 @@ class FastDecoder:
                  eos: list[int], pad: int, sampled: bool, attn: str = FastOptions.attn, compile: bool = FastOptions.compile,
                  truncate: bool = True, prefill_tokens: int = FastOptions.prefill_tokens,
                  flex_block: int = FastOptions.flex_block, fuse: bool = FastOptions.fuse):
-        from peft import PeftModel
-
-        causal = model.get_base_model() if isinstance(model, PeftModel) else model
+        causal = _causal_lm(model)
         config = causal.config
         if config.model_type not in FAST_SUPPORTED:
             raise ValueError(f"engine='fast' supports {FAST_SUPPORTED}, not {config.model_type!r}; use engine='hf'")
@@ -755,6 +769,10 @@ class FastDecoder:
         self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
         # fused path: not with compile (that compiles the module path's layer); why not, when asked for
         self.fuse_blocker = "compile=True" if compile else fuse_blocker(causal) if fuse else "fuse=False"
+        if self.fuse_blocker is None and dev.type == "cuda":  # after the KV cache: the copies must fit beside it
+            need, free = fused_copy_bytes(causal), torch.cuda.mem_get_info(dev)[0]
+            if need * 1.05 + 2**28 > free:
+                self.fuse_blocker = f"not enough free GPU memory for the fused weight copies ({need / 2**30:.1f} GiB)"
         self.fused = None if self.fuse_blocker else [_FusedLayer(layer) for layer in self.decoder.layers]
         self.parts = _fused_parts(compiled=dev.type == "cuda") if self.fused else None
         self.graph = None
@@ -879,9 +897,10 @@ class FastDecoder:
         self.active[slot_t] = ~eos0 & (self.max_new > 1)
 
 
-def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slots: int = FastOptions.max_slots) -> int:
+def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slots: int = FastOptions.max_slots,
+               reserve: int = 0) -> int:
     """Slots: at least batch_size; on CUDA up to ``max_slots`` if the KV cache fits in half the
-    free memory (large batches are what make decode efficient)."""
+    free memory less ``reserve`` bytes (the fused weight copies) (large batches are what make decode efficient)."""
     slots = batch_size
     if model.device.type == "cuda":
         cfg = model.config
@@ -889,7 +908,7 @@ def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slot
         per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * cache_len * model.dtype.itemsize
         per_slot += 16 * cfg.vocab_size  # float logits + sort buffers
         free, _ = torch.cuda.mem_get_info(model.device)
-        slots = max(slots, min(max_slots, int(0.5 * free // per_slot)))
+        slots = max(slots, min(max_slots, int(0.5 * max(free - reserve, 0) // per_slot)))
     return max(1, min(slots, n_requests))
 
 
@@ -942,7 +961,10 @@ def stream_fast(model, tokenizer, feed: Feed, on_result: OnResult, *, longest_pr
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
     cache_len = fast_cache_len(longest_prompt, max_new_tokens)
-    n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), max(total, 1), o.max_slots)
+    causal = _causal_lm(model)
+    reserve = fused_copy_bytes(causal) if o.fuse and not o.compile and fuse_blocker(causal) is None else 0
+    n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), max(total, 1),
+                                    o.max_slots, reserve)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos=eos, pad=pad, sampled=sampled, attn=o.attn, compile=o.compile,
                       truncate=truncate, prefill_tokens=o.prefill_tokens, flex_block=o.flex_block, fuse=o.fuse)
