@@ -12,7 +12,9 @@ every line is appended to $OUT/decode.jsonl as it comes, so a timeout keeps what
     HF_HUB_OFFLINE=1 PYTHONPATH=src timeout 580 python bench/bench_decode.py --slots 512 --no-variants \
         --hf --hf-batches 64,512 --profile --deadline-s 440 --out $OUT
 
-(session 8, RESULTS.md: ``--slots 512 --attn sdpa,flex --no-variants --hf --hf-batches 64 --deadline-s 430``, 476 s)
+(session 8, RESULTS.md: ``--slots 512 --attn sdpa,flex --no-variants --hf --hf-batches 64 --deadline-s 430``, 476 s;
+session 9, the fused layer against the model's modules: ``--slots 160 --shared-slots 160,256,512 --attn flex,flex+unfused
+--no-variants``, 155 s)
 
 Every request has a 200-token prompt and is forced to generate exactly --new tokens
 (min_new_tokens = max_new_tokens), sampled at temperature 1. Figures (one JSON line each):
@@ -22,8 +24,9 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
   second call: the first compiles flex / compile for its own cache length; before 2026-12-02 it was not), so
   ``decode_tok_s`` isolates decode;
 - ``fast_shared_prompt``: the same with k=8 samples per prompt (rollouts): one prefill per prompt, one line per
-  ``--attn`` core (the fastest is the figure the roofline and summary use);
-  ``roofline``: its decode-only tok/s against the bandwidth roofline at its batch, explicitly;
+  ``--attn`` core (suffix ``+unfused``: the model's own modules instead of the fused layer; ``+compile``) and per
+  ``--shared-slots`` count, each followed by its ``roofline`` line: decode-only tok/s against the bandwidth roofline at
+  its batch, explicitly; the summary's figure is the fastest line meeting both goal-3 checks, else the fastest;
 - ``fast_variant``: attention cores ``bmm`` and ``flex`` (FlexAttention, block-sparse over the padded cache,
   ``--flex-block``) and ``torch.compile`` of the decode step, at 256 slots;
 - ``--profile``: ``profile``: the fast engine's decode step at the best slot count (k=8 requests):

@@ -399,7 +399,9 @@ class FastOptions:
     flex_block: int = 64  # attn="flex": KV block of the BlockMask (a power of two >= 16); the cache is padded to it
     compile: bool = False  # torch.compile the decoder layer before graph capture (bench measures both; module path)
     # the fused decode layer (see _fused_layers) wherever the model allows it (fuse_blocker: plain nn.Linear
-    # projections, i.e. base or merged weights, SiLU, the RMSNorm); False: the model's own modules every step
+    # projections, i.e. base or merged weights, SiLU, the RMSNorm); False: the model's own modules every step.
+    # H200, 7B shape, k = 8, flex: 1.33x / 1.26x / 1.20x at 160 / 256 / 512 slots; 0.5B rollouts 1.12x
+    # (bench/RESULTS.md section 1, session 9); costs ~5 s of compile per process and 8.4 GiB of weight copies on a 7B
     fuse: bool = True
     check_every: int = 16  # decode steps between host syncs (finished rows, stop strings, refills)
     prefill_tokens: int = 16384  # padded prompt tokens per prefill forward

@@ -1,6 +1,7 @@
 # Issue 12 goal 3, session 9 (2026-12-02): the fused decode layer. One NVIDIA H200 per call (torch 2.11+cu130,
-# transformers 5.17, peft 0.21, trl 1.16 from the carried wheels). Device time 1,774 s of 1,800: a first machine
-# (calls 1-5, ~870 s held) was released by the 30 s idle timer; a second one (calls 6-18) and a third (call 19).
+# transformers 5.17, peft 0.21, trl 1.16 from the carried wheels). Device time 1,774 s of 1,800: the first machine
+# (calls 1-5, ~870 s held) was released by the 30 s idle timer; the next was taken back mid-call (nothing ran); calls
+# 6-18 ran on a third machine and call 19 on a fourth.
 # Call 1 (code dd615d9: fused parts without emulate_precision_casts), carrying .whl, .ferry/SHA256, .carry/seed1_sft.tgz
 # -> decode_first/ (random 7B shape: sdpa/flex x fused/unfused at 256 and 512 slots, profiles, transformers' paths):
 mkdir -p /root/m && cp .ferry/SHA256 /root/m/ && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
