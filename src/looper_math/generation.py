@@ -590,7 +590,8 @@ def _fused_parts(compiled: bool):
         return eager
     if _FUSED_PARTS is None:
         # emulate_precision_casts: round where eager rounds to bf16 (rotary's products, the norm's cast before
-        # the weight), so the fused kernels' numbers stay those of the module path, not merely closer to exact
+        # the weight). Without it the fused path agreed with hf's bf16 greedy output on 0.719 of the GPU test's
+        # rows against the module path's 0.812; with it on 0.812 (bench/RESULTS.md section 1, session 9)
         _FUSED_PARTS = tuple(torch.compile(f, fullgraph=True, options={"emulate_precision_casts": True}) for f in eager)
     return _FUSED_PARTS
 
@@ -714,6 +715,8 @@ class FastDecoder:
     the step, so on CUDA the whole step is captured once as a CUDA graph and replayed.
     ``attn`` picks the attention core (``ATTN_CORES``, see ``FastOptions.attn``); with "flex" the cache is
     padded to a multiple of ``flex_block`` and ``FlexDecodeMask`` limits each slot's reads to its own length.
+    ``fuse``: where the weights are plain (``fuse_blocker`` is None) the step runs ``_fused_layers`` instead of
+    the modules; ``fuse_blocker`` holds the reason it does not (``fused`` is then None).
     """
 
     def __init__(self, model, *, slots: int, cache_len: int, max_new_tokens: int, min_new_tokens: int,
