@@ -596,10 +596,15 @@ def _fused_parts(compiled: bool):
     return _FUSED_PARTS
 
 
-def fuse_blocker(causal) -> str | None:
-    """Why the fused decode layer cannot stand in for this model's layers (None: it can). It needs plain
-    nn.Linear projections (a LoRA layer left unmerged, or a quantized one, keeps the module path), SiLU, and
-    the RMSNorm the fused path re-implements."""
+def fuse_blocker(causal, fuse: bool = True, compile: bool = False) -> str | None:
+    """Why the fused decode layer will not stand in for this model's layers (None: it will): not asked for
+    (``fuse``), ``compile`` (that compiles the module path's layer), or the model: it needs plain nn.Linear
+    projections (a LoRA layer left unmerged, or a quantized one, keeps the module path), SiLU, and the RMSNorm
+    the fused path re-implements."""
+    if compile:
+        return "compile=True"
+    if not fuse:
+        return "fuse=False"
     cfg = causal.config
     if getattr(cfg, "hidden_act", None) not in ("silu", "swish"):
         return f"hidden_act {getattr(cfg, 'hidden_act', None)!r} is not silu"
@@ -772,8 +777,7 @@ class FastDecoder:
         # regional compilation: one compiled layer reused by all layers (fuses the norms, rotary and
         # residual adds that otherwise cost ~45 small kernels per layer per step)
         self._layer = torch.compile(_decode_layer, dynamic=False) if compile else _decode_layer
-        # fused path: not with compile (that compiles the module path's layer); why not, when asked for
-        self.fuse_blocker = "compile=True" if compile else fuse_blocker(causal) if fuse else "fuse=False"
+        self.fuse_blocker = fuse_blocker(causal, fuse, compile)
         if self.fuse_blocker is None and dev.type == "cuda":  # after the KV cache: the copies must fit beside it
             need, free = fused_copy_bytes(causal), torch.cuda.mem_get_info(dev)[0]
             if need * 1.05 + 2**28 > free:
@@ -967,7 +971,7 @@ def stream_fast(model, tokenizer, feed: Feed, on_result: OnResult, *, longest_pr
     pad = pad_id(tokenizer, eos)
     cache_len = fast_cache_len(longest_prompt, max_new_tokens)
     causal = _causal_lm(model)
-    reserve = fused_copy_bytes(causal) if o.fuse and not o.compile and fuse_blocker(causal) is None else 0
+    reserve = fused_copy_bytes(causal) if fuse_blocker(causal, o.fuse, o.compile) is None else 0
     n_slots = o.slots or fast_slots(model, batch_size, _alloc_len(cache_len, o.attn, o.flex_block), max(total, 1),
                                     o.max_slots, reserve)
     dec = FastDecoder(model, slots=n_slots, cache_len=cache_len, max_new_tokens=max_new_tokens,
