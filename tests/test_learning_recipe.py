@@ -356,10 +356,14 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     cfg = smoke_cfg("sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.num_generations=4", "grpo.batch_size=8",
                     "grpo.max_completion_length=24", "grpo.limit=8", "grpo.learning_rate=1.0e-2", "grpo.logging_steps=1",
                     "grpo.temperature=1.5", "regime_w.length_penalty=0.05", "grpo.warmup_ratio=0", "grpo.reward=regime_w",
-                    f"grpo.generation={generation}", "grpo.report_to=tensorboard", "grpo.trainer_args={loss_type: dr_grpo}")
+                    f"grpo.generation={generation}", "grpo.report_to=tensorboard", "grpo.trainer_args={loss_type: dr_grpo}",
+                    "grpo.save_steps=1", f"grpo.save_total_limit={'null' if generation == 'looper' else 1}")
     train_sft(cfg)
     summary = train_grpo(cfg)
     assert summary["steps"] == 2 and summary["generation"] == generation
+    # grpo.save_total_limit reaches the Trainer: null keeps every checkpoint (a dev learning curve), 1 the last
+    kept = sorted(p.name for p in (cfg.path(cfg.grpo.output_dir) / "trainer").glob("checkpoint-*"))
+    assert kept == (["checkpoint-1", "checkpoint-2"] if generation == "looper" else ["checkpoint-2"])
     if generation == "looper":  # the sampler's share of the training time, for the speed work
         assert 0 < summary["sampling_seconds"] <= summary["seconds"] and 0 < summary["sampling_share"] <= 1
         assert summary["sampling_calls"] >= 2 and 0 < summary["sampling_first_call_seconds"] <= summary["sampling_seconds"]

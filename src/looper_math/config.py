@@ -214,6 +214,7 @@ class GRPOConfig:
     max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
     logging_steps: Count = _f(5, "Log every N steps.")
     save_steps: Count = _f(100, "Checkpoint every N steps.")
+    save_total_limit: Count | None = _f(2, "Keep at most N intermediate checkpoints (null: keep all, e.g. to evaluate a learning curve on dev).")
     seed: NonNeg = _f(42, "Training seed (and the seed of s_cf's perturbations).")
     report_to: ReportTo = _report_to()
     trainer_args: dict[str, Any] = _trainer_args("GRPOConfig", "{loss_type: dr_grpo, scale_rewards: batch, epsilon_high: 0.28}")
@@ -465,7 +466,7 @@ PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
                           "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
                           "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
-                          "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "eval.grpo_output",
+                          "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "grpo.save_total_limit", "eval.grpo_output",
                           "rollouts.score_workers", "sft.report_to", "dpo.report_to", "grpo.report_to"})  # sft.rft_extra stays a setting: it changes the data
 
 

@@ -199,7 +199,7 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         num_generations=g.num_generations, max_completion_length=g.max_completion_length, temperature=g.temperature,
         beta=g.beta, max_grad_norm=g.max_grad_norm, gradient_checkpointing=g.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=bf16, fp16=False,
-        logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=2, seed=g.seed, data_seed=g.seed,
+        logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit, seed=g.seed, data_seed=g.seed,
         report_to=g.report_to, use_cpu=device == "cpu", logging_nan_inf_filter=False, ddp_find_unused_parameters=False,
         disable_dropout=True,  # the sampled policy (dropout off) is the one the loss scores
         **g.trainer_args,  # the rest of TRL's GRPOConfig, as the config gives it (keys checked at load)
