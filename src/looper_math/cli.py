@@ -7,7 +7,7 @@ defaults to ``configs/abel7b.yaml``. Errors the user can fix (``errors.LooperErr
 argument, model, an existing output) and a full disk or a missing permission print one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``looper-math --debug COMMAND`` (or
 ``LOOPER_DEBUG=1``) shows the traceback of a user error too. Ctrl-C prints one line saying what is kept and
-how to continue, and exits with status 130 (128 + SIGINT, the shell's convention). ``compare``, ``merge`` and
+how to continue (after the traceback with --debug), and exits with status 130 (128 + SIGINT, the shell's convention). ``compare``, ``merge`` and
 ``convert-gguf`` read only the files they are given: ``--config``/``--set`` there is an error, not ignored.
 """
 
@@ -112,8 +112,10 @@ def _guard(fn, *args, again: str = "rerun with --resume once fixed", interrupted
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
-        if _DEBUG["on"]:
-            raise
+        if _DEBUG["on"]:  # where it stopped (click would swallow a re-raised KeyboardInterrupt into "Aborted!")
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
         print(f"\n{interrupted}", file=sys.stderr)  # \n: the line ^C was typed on may hold a progress bar
         raise typer.Exit(130) from None
     except LooperError as e:
