@@ -264,9 +264,10 @@ def report(run_dir: Annotated[Path | None, typer.Argument(help="Run directory (d
 def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
         rounds: Annotated[Optional[int], typer.Option(help="Rounds after SFT, each from the newest adapter (policy dpo: rollouts -> pairs -> DPO; grpo: GRPO); default: the config's `rounds`.")] = None,
         rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran (and what depends on it) instead of stopping.")] = False):
-    """The config's whole recipe: [the base model's rollouts, for sft.data rft] -> SFT -> eval of base and SFT -> per round
-    rollouts -> pairs -> DPO -> eval (policy: dpo) or GRPO -> eval (policy: grpo) -> compare SFT with the last round -> report.
-    Complete and current phases are skipped, partial ones resumed, changed ones stop the run (see --rerun-changed)."""
+    """Every phase of the config's recipe: SFT, eval of base and SFT, then per round rollouts -> pairs -> DPO -> eval (policy: dpo) or GRPO -> eval (policy: grpo); compare; report.
+
+    SFT with sft.data rft first rolls out the base model. Complete and current phases are skipped, partial ones
+    resumed, changed ones stop the run (see --rerun-changed)."""
     from looper_math.pipeline import run_pipeline
 
     def go():
