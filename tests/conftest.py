@@ -10,6 +10,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the tiers that pyproject.toml's addopts (-m 'not gpu and not slow') leaves out, and how to run each
+OFF_BY_DEFAULT = {"slow": "pytest -m slow (long CPU sweeps)", "gpu": "pytest -m gpu (on a GPU machine)"}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say how many tests the default marker expression deselected and how to run them (pytest only prints
+    'N deselected'); skip reasons are listed by -rs in addopts."""
+    by_mark: dict[str, int] = {}
+    for item in terminalreporter.stats.get("deselected", []):
+        for mark in OFF_BY_DEFAULT:
+            if item.get_closest_marker(mark) is not None and f"not {mark}" in (config.option.markexpr or ""):
+                by_mark[mark] = by_mark.get(mark, 0) + 1
+                break
+    if by_mark:
+        counts = ", ".join(f"{n} {m}" for m, n in by_mark.items())
+        how = "; ".join(OFF_BY_DEFAULT[m] for m in by_mark)
+        terminalreporter.write_line(f"deselected: {counts} (the default -m '{config.option.markexpr}' of pyproject.toml's "
+                                    f"addopts leaves them out); run them with: {how}")
+
 
 def gsm8k_dir() -> Path | None:
     """The local GSM8K copy (env LOOPER_GSM8K_DIR, else ../shared/data/gsm8k), or None."""

@@ -93,3 +93,62 @@ def test_scientific_notation_in_a_file(tmp_path):
 def test_strings_that_only_look_numeric_stay_strings_where_a_string_is_expected():
     cfg = load_config(DEMO, ["data.train=train_1e4.jsonl", "model.revision=main"])
     assert cfg.data.train == "train_1e4.jsonl"
+
+
+# --------------------------------------------------------------------------- issue 25, item 5: YAML the user can fix
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("sft:\n  max_steps: 4\n  limit: [1\n", ":4:1: invalid YAML: expected ',' or ']'", "while parsing a flow sequence at line 3, column 10"),
+    ("sft:\n  max_steps: 4\n\tlimit: 2\n", ":3:1: invalid YAML: found character '\\t' that cannot start any token", ""),
+    ("dpo:\n  beta: 0.1\n   nll_weight: 1\n", ":3:14: invalid YAML: mapping values are not allowed here", ""),
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, where, problem):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{p}{where}") and problem in msg, msg
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("sft:\n  max_steps: 4\n  learning_rate: 1e-4\n  max_steps: 8\n", ":4:3: invalid YAML: duplicate key 'max_steps' (first on line 2)"),
+    ("sft: {max_steps: 4}\ndpo: {beta: 0.2}\nsft: {limit: 2}\n", ":3:1: invalid YAML: duplicate key 'sft' (first on line 1)"),
+    ("regime_w:\n  arms:\n    - {name: a, family: wolfram, name: b}\n", ":3:34: invalid YAML: duplicate key 'name' (first on line 3)"),
+])
+def test_duplicate_keys_are_an_error_naming_key_file_and_line(tmp_path, text, expect):
+    """PyYAML keeps the last value of a repeated key silently; the first one was what the user saw."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}{expect}"
+
+
+def test_duplicate_keys_in_a_set_value():
+    with pytest.raises(ConfigError, match=r"^--set sft=\{max_steps: 1, max_steps: 2\}: duplicate key 'max_steps'"):
+        load_config(DEMO, ["sft={max_steps: 1, max_steps: 2}"])
+
+
+def test_merge_keys_are_not_duplicates():
+    from looper_math.config import yaml_load
+
+    assert yaml_load("a: &x {k: 1, j: 3}\nb:\n  <<: *x\n  k: 2\n") == {"a": {"k": 1, "j": 3}, "b": {"k": 2, "j": 3}}
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# sft:\n#   max_steps: 4\n", "---\n", "~\n"])
+def test_empty_config_file_is_an_error_not_the_7b_defaults(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: config file is empty (or only comments)") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("just words\n", "str"), ("3\n", "int")])
+def test_config_that_is_not_a_mapping(tmp_path, text, kind):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=f"top level must be a mapping \\(key: value lines\\), got a {kind}$"):
+        load_config(p)

@@ -47,7 +47,7 @@ def test_trainer_args_are_settings_and_report_to_is_not():
 
 
 def test_sft_report_to_tensorboard_writes_event_files(smoke_cfg):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install -e '.[dev]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from looper_math.sft import train_sft

@@ -6,7 +6,9 @@ built-in problems, CPU). The original project's ``python -m src....`` commands c
 defaults to ``configs/abel7b.yaml``. Errors the user can fix (``errors.LooperError``: bad input, config,
 argument, model, an existing output) and a full disk or a missing permission print one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``looper-math --debug COMMAND`` (or
-``LOOPER_DEBUG=1``) shows the traceback of a user error too.
+``LOOPER_DEBUG=1``) shows the traceback of a user error too. Ctrl-C prints one line saying what is kept and
+how to continue (after the traceback with --debug), and exits with status 130 (128 + SIGINT, the shell's convention). ``compare``, ``merge`` and
+``convert-gguf`` read only the files they are given: ``--config``/``--set`` there is an error, not ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,6 +31,17 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML con
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. --set sft.learning_rate=1e-4 (repeatable).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an existing output (only missing rows / from the last checkpoint).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+# compare, merge and convert-gguf read only the files they are given; --config there says so instead of click's bare
+# "No such option" (the README once said every command takes --config)
+NoConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", hidden=True)]
+NoSetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", hidden=True)]
+
+
+def _no_config(command: str, config: Path | None, set: list[str] | None, reads: str) -> None:
+    from looper_math.errors import UsageError
+
+    if config is not None or set:
+        raise UsageError(f"`looper-math {command}` takes no --config or --set: it reads only {reads}")
 
 
 def _version(value: bool) -> None:
@@ -44,12 +58,28 @@ def _env_debug() -> bool:
 
 _DEBUG = {"on": _env_debug()}  # set by each invocation's --debug (or LOOPER_DEBUG)
 
+# FutureWarnings a user can do nothing about, repeated by every trainer and model load. transformers 5.x renamed
+# gradient checkpointing to activation checkpointing: the old TrainingArguments names still work (sft.py, dpo.py
+# and grpo.py pass them; the new ones do not exist in every transformers >= 5.0 that pyproject.toml allows) and
+# PEFT/TRL read the old `is_gradient_checkpointing` property. Only these messages are silenced; every other
+# warning still shows.
+KNOWN_NOISE = (
+    r"`gradient_checkpointing(_kwargs)?` is deprecated and will be removed in v6",  # transformers/training_args.py
+    r"`is_gradient_checkpointing` is deprecated and will be removed in v6",  # transformers/modeling_utils.py
+)
+
+
+def quiet_known_warnings() -> None:
+    for message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
 
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
          debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error instead of one line (also LOOPER_DEBUG=1).")] = False):
     """Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval."""
     _DEBUG["on"] = debug or _env_debug()
+    quiet_known_warnings()
 
 
 def _load(config: Path | None, overrides: list[str] | None):
@@ -68,12 +98,26 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROF
 
 RERUN = "rerun the same command once fixed"  # what commands without --resume say (`run` continues by itself)
 
+# what Ctrl-C prints: what is kept and the exact way to continue
+INTERRUPTED_RESUME = ("interrupted: the rows and checkpoints already written are kept; to continue, rerun the same "
+                      "command with --resume")
+INTERRUPTED_RUN = ("interrupted: finished phases and the rows and checkpoints already written are kept; to continue, "
+                   "rerun the same command (it skips finished phases and resumes the partial one)")
+INTERRUPTED_RERUN = "interrupted before the output was written (it is written whole, at the end); rerun the same command"
 
-def _guard(fn, *args, again: str = "rerun with --resume once fixed", **kwargs):
+
+def _guard(fn, *args, again: str = "rerun with --resume once fixed", interrupted: str = INTERRUPTED_RESUME, **kwargs):
     from looper_math.errors import LooperError
 
     try:
         return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        if _DEBUG["on"]:  # where it stopped (click would swallow a re-raised KeyboardInterrupt into "Aborted!")
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)  # \n: the line ^C was typed on may hold a progress bar
+        raise typer.Exit(130) from None
     except LooperError as e:
         if _DEBUG["on"]:
             raise
@@ -107,7 +151,7 @@ def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False,
 
 @app.command()
 def grpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-    """Online RL: TRL GRPO from grpo.init_adapter with the Regime W reward -> grpo.output_dir."""
+    """Online RL: TRL GRPO from grpo.init_adapter with the grpo.reward reward (default correctness; regime_w | regime_w_gated) -> grpo.output_dir."""
     from looper_math.grpo import train_grpo
 
     _guard(lambda: train_grpo(_load(config, set), resume=resume, overwrite=overwrite))
@@ -138,7 +182,7 @@ def prefs(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt 
         cfg = _load(config, set)
         return run_prefs(cfg, cfg.path(cfg.rollouts.output), cfg.path(cfg.prefs.output), overwrite=overwrite)
 
-    _guard(go, again=RERUN)
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RERUN)
 
 
 @app.command()
@@ -151,7 +195,7 @@ def dpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False,
 
 @app.command("eval")
 def eval_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
-             adapter: Annotated[str, typer.Option(help="sft | dpo | none (base model) | path to an adapter folder.")] = "sft",
+             adapter: Annotated[str, typer.Option(help="sft | dpo | grpo | none (base model) | path to an adapter folder.")] = "sft",
              output: Annotated[Path | None, typer.Option(help="Per-example JSONL (default from eval.*_output).")] = None,
              limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
              shard: Annotated[str | None, typer.Option(help="i/n: evaluate shard i of n (0-based).")] = None):
@@ -171,20 +215,29 @@ def eval_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = F
 def merge(output: Annotated[Path, typer.Argument(help="The unsharded output, e.g. runs/x/data/rollouts.jsonl (shards are <stem>.shard-i-of-n.jsonl).")],
           kind: Annotated[str, typer.Option(help="rollouts | eval")] = ...,
           shards: Annotated[int, typer.Option(help="n: the number of shards the run was split into.")] = ...,
-          overwrite: OverwriteOpt = False):
+          overwrite: OverwriteOpt = False, config: NoConfigOpt = None, set: NoSetOpt = None):
     """Merge the shard files of `rollouts/eval --shard i/n` into OUTPUT (every key exactly once) + its summary."""
     from looper_math.shards import merge as do_merge
 
-    _guard(lambda: do_merge(kind, output, shards, overwrite=overwrite), again=RERUN)
+    def go():
+        _no_config("merge", config, set, "the shard files of OUTPUT (their resolved config is checked against each other)")
+        return do_merge(kind, output, shards, overwrite=overwrite)
+
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RERUN)
 
 
 @app.command()
-def compare(a: Path, b: Path, intersect: Annotated[bool, typer.Option(help="Compare only question ids present in both.")] = False):
-    """Paired comparison of two eval JSONL files: accuracies, exact McNemar p-value, flipped ids."""
+def compare(a: Path, b: Path, intersect: Annotated[bool, typer.Option(help="Compare only question ids present in both.")] = False,
+            config: NoConfigOpt = None, set: NoSetOpt = None):
+    """Paired comparison of two eval JSONL files: accuracies, exact McNemar p-value, flipped ids (takes no --config)."""
     from looper_math.compare import compare as do_compare
     from looper_math.compare import format_compare
 
-    _guard(lambda: print(format_compare(do_compare(a, b, intersect=intersect))))
+    def go():
+        _no_config("compare", config, set, "the two eval JSONL files A and B (a config names them: eval.sft_output, eval.dpo_output, ...)")
+        print(format_compare(do_compare(a, b, intersect=intersect)))
+
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RERUN)
 
 
 @app.command()
@@ -204,46 +257,70 @@ def report(run_dir: Annotated[Path | None, typer.Argument(help="Run directory (d
             cfg.run_dir = str(run_dir)
         return build_report(RunLayout(cfg), out)
 
-    _guard(lambda: print(f"report -> {go()}"), again=RERUN)
+    _guard(lambda: print(f"report -> {go()}"), again=RERUN, interrupted=INTERRUPTED_RERUN)
 
 
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
         rounds: Annotated[Optional[int], typer.Option(help="Rounds after SFT, each from the newest adapter (policy dpo: rollouts -> pairs -> DPO; grpo: GRPO); default: the config's `rounds`.")] = None,
         rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran (and what depends on it) instead of stopping.")] = False):
-    """All five phases from one config; complete and current phases are skipped, partial ones resumed, changed ones stop the run (see --rerun-changed)."""
+    """Every phase of the config's recipe: SFT, eval of base and SFT, then per round rollouts -> pairs -> DPO -> eval (policy: dpo) or GRPO -> eval (policy: grpo); compare; report.
+
+    SFT with sft.data rft first rolls out the base model. Complete and current phases are skipped, partial ones
+    resumed, changed ones stop the run (see --rerun-changed)."""
     from looper_math.pipeline import run_pipeline
 
     def go():
         cfg = _load(config, set)
         return run_pipeline(cfg, rounds=cfg.rounds if rounds is None else rounds, overwrite=overwrite, rerun_changed=rerun_changed)
 
-    _guard(go, again=RERUN)
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RUN)
 
 
 @app.command("config")
 def config_cmd(config: ConfigOpt = None, set: SetOpt = None,
-               keys: Annotated[bool, typer.Option("--keys", help="List every key with its default and help.")] = False):
-    """Print the resolved config (or every key with its help)."""
+               keys: Annotated[bool, typer.Option("--keys", help="List every key with its value in the config shown (without --config: the demo config, "
+                                                  "what commands use without --config), the built-in default where that differs, and its help.")] = False):
+    """Print the resolved config (or, with --keys, every key with its value, built-in default and help)."""
     import yaml
 
-    from looper_math.config import help_table, to_dict
+    from looper_math.config import help_table, load_config, to_dict
 
-    if keys:
+    def go():
+        # load_config, not _load: the output is YAML (`config > my.yaml`), so no SMOKE RUN banner in it
+        cfg = load_config(config if config is not None else Path(str(CONFIG_DIR / "demo.yaml")), set)
+        if not keys:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return
+        shown = "the embedded demo config (configs/demo.yaml: what commands use without --config)" if config is None else str(config)
+        print(f"# key, its value in {shown}, help; [built-in: X] where a key left out of a config file gets another value. "
+              f"Another config: looper-math config --keys -c FILE")
         for k, d, h in help_table():
-            print(f"{k:45s} {d:25s} {h}")
-        return
-    _guard(lambda: print(yaml.safe_dump(to_dict(_load(config, set)), sort_keys=False)))
+            value = cfg
+            for part in k.split("."):
+                value = getattr(value, part)
+            builtin = "" if repr(value) == d else f" [built-in: {d}]"
+            print(f"{k:45s} {repr(value):25s} {h}{builtin}")
+
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RERUN)
 
 
 @app.command("convert-gguf")
 def convert_gguf_cmd(src: Annotated[Path, typer.Argument(help="Folder holding the GGUF file.")],
                      gguf_file: Annotated[str, typer.Argument(help="GGUF file name inside SRC.")],
-                     dst: Annotated[Path, typer.Argument(help="Output folder (plain safetensors model + tokenizer).")]):
+                     dst: Annotated[Path, typer.Argument(help="Output folder (plain safetensors model + tokenizer).")],
+                     overwrite: OverwriteOpt = False, config: NoConfigOpt = None, set: NoSetOpt = None):
     """Dequantize a GGUF model once into a plain folder that every phase can load and train."""
     from looper_math.modeling import convert_gguf
 
-    _guard(lambda: print(f"converted -> {convert_gguf(str(src), gguf_file, dst)}"))
+    def go():
+        _no_config("convert-gguf", config, set, "SRC/GGUF_FILE")
+        print(f"converted -> {convert_gguf(str(src), gguf_file, dst, overwrite=overwrite)}")
+
+    _guard(go, again=RERUN, interrupted=INTERRUPTED_RERUN)
+
+
+ALIAS_CONFIG_HELP = "YAML config (default for this original command: the embedded configs/abel7b.yaml)."
 
 
 def alias(command: str, *fixed: str) -> None:
@@ -252,7 +329,11 @@ def alias(command: str, *fixed: str) -> None:
     if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
         argv = ["--config", str(CONFIG_DIR / "abel7b.yaml"), *argv]
     debug = ["--debug"] if "--debug" in argv else []  # an option of the app, given before the command
-    app([*debug, command, *fixed, *(a for a in argv if a != "--debug")], prog_name="looper-math")  # typer adds the command name to the usage line
+    cli = typer.main.get_command(app)
+    for param in cli.commands[command].params:  # --help must name the default this entry gives, not the demo's
+        if param.name == "config":
+            param.help = ALIAS_CONFIG_HELP
+    cli([*debug, command, *fixed, *(a for a in argv if a != "--debug")], prog_name="looper-math")  # typer adds the command name to the usage line
 
 
 if __name__ == "__main__":

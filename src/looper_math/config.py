@@ -299,9 +299,26 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping repeats a key (PyYAML keeps the last value silently; YAML 1.2 says keys are unique)."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's float rule, so ``1e-4`` and ``5E3`` are numbers (the resolver
-    below is the one PyYAML's issue #173 and ruamel.yaml use: a mantissa with or without a dot)."""
+    below is the one PyYAML's issue #173 and ruamel.yaml use: a mantissa with or without a dot), and with
+    unique keys (YAML 1.2, section 3.2.1.1): a repeated key is an error, not a silent override of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges are overridden by explicit keys by design; complex keys are not config keys
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise DuplicateKeyError(None, None, f"duplicate key '{key}' (first on line {seen[key].line + 1})",
+                                        key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -316,8 +333,21 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str) -> Any:
-    """YAML as configs are read (``1e-4`` is a float)."""
+    """YAML as configs are read (``1e-4`` is a float, a repeated key is an error)."""
     return yaml.load(text, Loader=_Loader)
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> ConfigError:
+    """One line ``FILE:LINE:COLUMN: invalid YAML: <problem> (<context> at line L, column C)`` (1-based, as
+    editors count) from PyYAML's marked error; PyYAML's own text spreads over several lines."""
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}")
+    mark = e.problem_mark or e.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    context = ""
+    if e.context and e.context_mark is not None and e.problem_mark is not None:
+        context = f" ({e.context} at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
+    return ConfigError(f"{where}: invalid YAML: {e.problem or e.context}{context}")
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -342,16 +372,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml_load(p.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        tree = loaded or {}
+            raise _yaml_error(p, e) from None
+        if loaded is None:  # an empty file would otherwise run the built-in (7B, hub) defaults unasked
+            raise ConfigError(f"{p}: config file is empty (or only comments): give at least one key, or leave out "
+                              f"--config for the demo config")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping (key: value lines), got a {type(loaded).__name__}")
+        tree = loaded
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
             value = yaml_load(raw) if raw != "" else ""
+        except DuplicateKeyError as e:
+            raise ConfigError(f"--set {item}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)
@@ -514,7 +549,7 @@ def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tupl
     try:
         old_tree = yaml_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise _yaml_error(p, e) from None
     if not isinstance(old_tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)

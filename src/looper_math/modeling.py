@@ -84,10 +84,14 @@ def _source(cfg) -> tuple[str, dict]:
     return path, kwargs
 
 
-def _check_local(path: str) -> None:
+def _looks_local(path: str) -> bool:
+    """A path on disk rather than a hub repo id (``owner/name``)."""
     p = Path(path)
-    looks_local = p.is_absolute() or path.startswith((".", "~")) or p.exists() or path.count("/") != 1
-    if looks_local and not p.exists():
+    return p.is_absolute() or path.startswith((".", "~")) or p.exists() or path.count("/") != 1
+
+
+def _check_local(path: str) -> None:
+    if _looks_local(path) and not Path(path).exists():
         raise ModelError(f"model.name_or_path: '{path}' does not exist")
 
 
@@ -130,11 +134,38 @@ def _dequantized_copy(model, dtype, attn_implementation):
     return plain
 
 
-def convert_gguf(src_dir: str, gguf_file: str, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Dequantize a GGUF checkpoint once into a plain safetensors folder (model + tokenizer)."""
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file (ggml's docs/gguf.md, "File Structure")
+
+
+def check_gguf(src_dir: str, gguf_file: str) -> None:
+    """A local GGUF file exists and starts with the GGUF magic; a hub repo id (``owner/name``, not on disk)
+    is left to transformers. ModelError naming the file otherwise."""
+    if not Path(src_dir).exists():
+        if _looks_local(src_dir):
+            raise ModelError(f"{src_dir}: folder not found")
+        return  # a hub repo: transformers downloads the file
+    f = Path(src_dir) / gguf_file
+    if not f.is_file():
+        raise ModelError(f"{f}: GGUF file not found")
+    with open(f, "rb") as fh:
+        head = fh.read(4)
+    if head != GGUF_MAGIC:
+        raise ModelError(f"{f}: not a GGUF file (starts with {head!r}, expected {GGUF_MAGIC!r})")
+
+
+def convert_gguf(src_dir: str, gguf_file: str, dst: Path, dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> Path:
+    """Dequantize a GGUF checkpoint once into a plain safetensors folder (model + tokenizer); an existing
+    DST is replaced only with ``overwrite``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=dtype)
+    from looper_math.runio import check_output
+
+    check_gguf(src_dir, gguf_file)
+    check_output(dst, resume=False, overwrite=overwrite, resumable=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{Path(src_dir) / gguf_file}: cannot load GGUF model: {str(e).splitlines()[0][:200]}") from None
     model = _dequantized_copy(model, dtype, None)
     tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
     dst = Path(dst)

@@ -128,5 +128,5 @@ def run_pipeline(cfg: Config, *, rounds: int = 1, overwrite: bool = False, rerun
         print(f"report -> {report}")
     if cfg.smoke:
         print("SMOKE RUN finished: every phase ran on a tiny random model; accuracies are meaningless by design.")
-    print(f"run: {len(done)} phases ran, {time.time() - t0:.0f}s")
+    print(f"run: {len(done)} {'phase' if len(done) == 1 else 'phases'} ran, {time.time() - t0:.0f}s")
     return {"phases_run": done, "compare": result, "report": str(report)}

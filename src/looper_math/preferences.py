@@ -7,7 +7,7 @@ Command::
 
 Input: the rollouts JSONL (one row per trajectory, see README). Output: a preference JSONL in TRL's
 plain preference format (``prompt``, ``chosen``, ``rejected``: strings) plus bookkeeping fields, and
-next to it ``<stem>.summary.json`` (also printed) and ``<stem>.resolved_config.yaml``. The output is
+next to it ``<stem>.summary.json`` (its counts printed in one line) and ``<stem>.resolved_config.yaml``. The output is
 rewritten whole (temp file + rename); an existing one is refused without ``--overwrite``.
 
 Rules (DESIGN.md, "Pairs (correctness first)"):
@@ -223,5 +223,14 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
     save_resolved(cfg, output_path.parent, resolved_of(output_path).name)
     if cfg.smoke:
         print("SMOKE RUN (tiny model): these pairs say nothing about the real model.")
-    print(json.dumps(summary, indent=2))
+    print(summary_line(summary, summary_of(output_path)))
     return summary
+
+
+def summary_line(summary: dict, summary_path: Path) -> str:
+    """What ``prefs`` prints: the counts a reader checks at a glance; the full summary stays in its file."""
+    by_type = ", ".join(f"{n} {t}" for t, n in summary["pairs_by_type"].items())
+    dropped = summary["dropped_unfinished"] + summary["dropped_empty"]
+    return (f"prefs: {summary['pairs']} pairs ({by_type}) from {summary['questions_covered']} of {summary['questions']} "
+            f"questions ({summary['questions_with_mixed_correctness']} with mixed correctness; {summary['rollouts']} rollouts, "
+            f"{dropped} unfinished or empty dropped) -> {summary['output']}; details: {summary_path}")
