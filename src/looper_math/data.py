@@ -5,11 +5,13 @@ A source is one of
   solutions use the GSM8K format (steps with ``<<expr=result>>`` and a final ``#### N``), so the
   embedded default and the tests need no network;
 - a local ``.jsonl`` / ``.json`` / ``.parquet`` file with ``question`` and ``answer`` columns
-  (GSM8K-Platinum files keep ``cleaning_status``);
+  (GSM8K-Platinum files keep ``cleaning_status``; a ``question_id`` column, as in
+  ``benchmarks/svamp/test.jsonl``, is used as the id as given);
 - a hub dataset id (``openai/gsm8k``, ``madrylab/gsm8k-platinum``) loaded through ``datasets``.
 
-Every problem gets a stable ``question_id`` derived from its split name and question text, so ids do
-not change when a file is reordered or subset. Bad data fails with a one-line error naming file and line.
+Every problem gets a stable ``question_id``: the file's own ``question_id`` where it has one (unique,
+checked), else one derived from its split name and question text, so ids do not change when a file is
+reordered or subset. Bad data fails with a one-line error naming file and line.
 """
 
 from __future__ import annotations
@@ -101,12 +103,21 @@ def _to_problems(rows: list[tuple[str, dict]], split: str) -> list[Problem]:
         status = r.get("cleaning_status")
         if status is not None and not isinstance(status, str):
             raise DataError(f"{loc}: field 'cleaning_status' must be a string")
-        qid = make_question_id(split, r["question"])
-        if qid in seen:  # exact duplicate questions exist in GSM8K train; keep both, distinct ids
-            seen[qid] += 1
-            qid = f"{qid}-{seen[qid]}"
-        else:
+        given = r.get("question_id")
+        if given is not None:  # a benchmark's own id (benchmarks/svamp: SVAMP's ID), kept as given
+            if not isinstance(given, str) or not given.strip():
+                raise DataError(f"{loc}: field 'question_id' must be a non-empty string")
+            if given in seen:
+                raise DataError(f"{loc}: duplicate question_id {given!r}")
+            qid = given
             seen[qid] = 1
+        else:
+            qid = make_question_id(split, r["question"])
+            if qid in seen:  # exact duplicate questions exist in GSM8K train; keep both, distinct ids
+                seen[qid] += 1
+                qid = f"{qid}-{seen[qid]}"
+            else:
+                seen[qid] = 1
         out.append(Problem(qid, r["question"], r["answer"], gold, status or "n/a"))
     return out
 
