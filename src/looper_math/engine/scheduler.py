@@ -33,7 +33,7 @@ def fast_slots(model, batch_size: int, cache_len: int, n_requests: int, max_slot
 def generate_fast(model, tokenizer, requests: list[GenRequest], *, max_new_tokens: int, batch_size: int = 32,
                   stop_strings: list[str] | None = None, progress: bool = True, min_new_tokens: int = 0,
                   desc: str = "generate", options: FastOptions = FastOptions(), stats: dict | None = None) -> list[GenResult]:
-    """The fast engine (``FastDecoder``): the same contract as ``generate`` (see the module docstring), its
+    """The fast engine (``FastDecoder``): the same contract as ``generate`` (see ``engine.api``'s docstring), its
     switches in ``options``. ``generate(engine="fast")`` calls it; bench and tests may call it directly.
     ``stats``: see ``stream_fast``."""
     results: list[GenResult | None] = [None] * len(requests)
