@@ -61,8 +61,9 @@ from common import (
     peak_gib, random_prompt, reset_peak, word_tokenizer,
 )
 
-from looper_math import generation
-from looper_math.generation import GenRequest
+from looper_math.engine.api import GenRequest
+from looper_math.engine.options import ATTN_CORES, FastOptions, fast_cache_len
+from looper_math.engine.scheduler import generate_fast
 
 
 def main() -> None:
@@ -72,9 +73,9 @@ def main() -> None:
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--slots", default=None, help="comma list (default 128,256,384,512; --quick 256,512)")
     p.add_argument("--no-variants", action="store_true", help="skip the bmm / flex / compile variants")
-    p.add_argument("--flex-block", type=int, default=generation.FastOptions.flex_block,
+    p.add_argument("--flex-block", type=int, default=FastOptions.flex_block,
                    help="attn=flex: the BlockMask's KV block (variants and profile)")
-    p.add_argument("--attn", default=generation.FastOptions.attn,
+    p.add_argument("--attn", default=FastOptions.attn,
                    help="comma list: attention core(s) of the k-shared-prompt figure, one line each (e.g. sdpa,flex); "
                         "suffixes: +compile also compiles the decode layer (flex+compile, module path), +unfused "
                         "takes the model's own modules instead of the fused layer (FastOptions.fuse=False)")
@@ -88,8 +89,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler over a few fast decode steps at the best slot count: top-20 kernels")
     p.add_argument("--profile-steps", type=int, default=5)
-    p.add_argument("--profile-attn", default=generation.FastOptions.attn,
-                   help=f"--profile: attention core(s) to profile, comma list of {generation.ATTN_CORES}, each "
+    p.add_argument("--profile-attn", default=FastOptions.attn,
+                   help=f"--profile: attention core(s) to profile, comma list of {ATTN_CORES}, each "
                         "optionally +unfused")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="skip the --hf figures not yet started after this many seconds (the summary still comes out)")
@@ -138,22 +139,22 @@ def main() -> None:
         slots = fast_kw.pop("slots")
         extra = {"k": fast_kw.pop("k")} if "k" in fast_kw else {}
         call = dict(max_new_tokens=new, batch_size=slots, stop_strings=None, progress=False, min_new_tokens=new,
-                    desc=label, options=generation.FastOptions(slots=slots, **fast_kw))
+                    desc=label, options=FastOptions(slots=slots, **fast_kw))
         reset_peak()
         with Timer() as first:
-            generation.generate_fast(model, tok, reqs, **call)
+            generate_fast(model, tok, reqs, **call)
         with Timer() as warm:
-            res = generation.generate_fast(model, tok, reqs, **call)
+            res = generate_fast(model, tok, reqs, **call)
         assert all(r.num_tokens == new for r in res), "forced length not respected"
         pre = dict(call, max_new_tokens=1, min_new_tokens=1)
-        generation.generate_fast(model, tok, reqs, **pre)  # warm: a 1-token call has its own cache length, which
-        with Timer() as prefill:                           # recompiles flex / compile (2 s that read as prefill)
-            generation.generate_fast(model, tok, reqs, **pre)
+        generate_fast(model, tok, reqs, **pre)  # warm: a 1-token call has its own cache length, which
+        with Timer() as prefill:                # recompiles flex / compile (2 s that read as prefill)
+            generate_fast(model, tok, reqs, **pre)
         tokens = len(reqs) * new
         tps = tokens / warm.seconds
         decode_s = warm.seconds - prefill.seconds
         decode_tps = len(reqs) * (new - 1) / decode_s if decode_s > 0 else float("nan")
-        cache_len = generation.fast_cache_len(prompt_len + 1, new)
+        cache_len = fast_cache_len(prompt_len + 1, new)
         row = dict(slots=slots, requests=len(reqs), first_call_s=round(first.seconds, 2),
                    seconds=round(warm.seconds, 2), prefill_s=round(prefill.seconds, 2), tok_s=round(tps, 1),
                    decode_tok_s=round(decode_tps, 1), x_plain_generate=round(tps / base_tps, 2),
@@ -200,7 +201,7 @@ def main() -> None:
                    roofline_tok_s=round(rl, 1), decode_tok_s=row["decode_tok_s"],
                    decode_share_of_roofline=round(row["decode_tok_s"] / rl, 4), tok_s=row["tok_s"],
                    share_of_roofline=round(row["tok_s"] / rl, 4),
-                   roofline_static_tok_s=round(roofline(n_slots, generation.fast_cache_len(prompt_len + 1, new)), 1),
+                   roofline_static_tok_s=round(roofline(n_slots, fast_cache_len(prompt_len + 1, new)), 1),
                    goal_share=0.5, meets_goal=row["decode_tok_s"] / rl >= 0.5)
     # the figure: a line meeting both goal-3 checks if one does (the fastest such), else the fastest line
     both = [r for r in shared_rows if r["x_plain_generate"] >= 25 and r["decode_share_of_roofline"] >= 0.5]

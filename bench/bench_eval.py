@@ -23,7 +23,7 @@ import math
 import numpy as np
 from common import Reporter, Timer, build_model, device_info, parser, peak_gib, random_prompt, reset_peak, word_tokenizer
 
-from looper_math.generation import GenRequest, generate, throughput_stats
+from looper_math.engine.api import GenRequest, generate, throughput_stats
 
 
 def main() -> None:

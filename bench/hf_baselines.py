@@ -251,20 +251,21 @@ def profile_fast(model, tok, prompts: list[str], *, slots: int, new: int, steps:
     layer (FastOptions.fuse) or the model's own modules."""
     from torch.profiler import ProfilerActivity, profile
 
-    from looper_math import generation
-    from looper_math.generation import FastDecoder, GenRequest
+    from looper_math.engine.decoder import FastDecoder
+    from looper_math.engine.options import FastOptions, fast_cache_len
+    from looper_math.engine.requests import GenRequest, encode_prompts, eos_ids, pad_id
 
     cuda = model.device.type == "cuda"
     reqs = [GenRequest(p, temperature=1.0, seed=i) for i, p in enumerate(prompts[:slots])]
-    eos = generation.eos_ids(model, tok)
-    pad = generation.pad_id(tok, eos)
-    ids = generation.encode_prompts(tok, [r.prompt for r in reqs])
-    cache_len = generation.fast_cache_len(max(len(x) for x in ids), new)
+    eos = eos_ids(model, tok)
+    pad = pad_id(tok, eos)
+    ids = encode_prompts(tok, [r.prompt for r in reqs])
+    cache_len = fast_cache_len(max(len(x) for x in ids), new)
     steps = max(1, min(steps, (new - 4) // 3))
-    attn = attn or generation.FastOptions.attn
-    flex_block = flex_block or generation.FastOptions.flex_block
+    attn = attn or FastOptions.attn
+    flex_block = flex_block or FastOptions.flex_block
     row = dict(slots=len(reqs), cache_len=cache_len, steps=steps, attn=attn,
-               compile=generation.FastOptions.compile, fuse=fuse)
+               compile=FastOptions.compile, fuse=fuse)
     if attn == "flex":
         row["flex_block"] = flex_block
     dec = None

@@ -1,4 +1,4 @@
-"""generation.generate on a tiny random Llama with a char-level tokenizer (CPU, seconds)."""
+"""engine.api.generate (looper_math.engine) on a tiny random Llama with a char-level tokenizer (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tokenizers.processors import TemplateProcessing
 
-from looper_math import generation
-from looper_math.generation import GenRequest, encode_prompts, generate, throughput_stats
+from looper_math.engine import api, decoder, kernels, scheduler
+from looper_math.engine.api import GenRequest, encode_prompts, generate, throughput_stats
+from looper_math.engine.options import FastOptions
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -174,9 +175,9 @@ def test_fast_equals_hf(model, tok, attn, slots):
     (3 < requests exercises refilling finished slots)."""
     reqs = mixed_requests()
     hf = run(model, tok, reqs, batch_size=16, max_new_tokens=10, stop_strings=["*_"])
-    fast = generation.generate_fast(
+    fast = scheduler.generate_fast(
         model, tok, reqs, max_new_tokens=10, batch_size=slots, stop_strings=["*_"], progress=False,
-        options=generation.FastOptions(slots=slots, attn=attn, check_every=3),
+        options=FastOptions(slots=slots, attn=attn, check_every=3),
     )
     assert fast == hf
     assert any(r.finished for r in hf) and any(not r.finished for r in hf)
@@ -188,21 +189,21 @@ def test_fast_stats_count_slot_occupancy_and_add_up_over_calls(model, tok):
     second call adds to the same dict; the plain engine leaves it alone."""
     reqs = mixed_requests()
     stats: dict = {}
-    res = generation.generate_fast(model, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
-                                   options=generation.FastOptions(slots=3, check_every=2), stats=stats)
+    res = scheduler.generate_fast(model, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
+                                  options=FastOptions(slots=3, check_every=2), stats=stats)
     assert stats["calls"] == 1 and stats["slot_steps"] % 3 == 0 and stats["slot_steps"] > 0
     assert sum(r.num_tokens - 1 for r in res) <= stats["busy_slot_steps"] <= stats["slot_steps"]
     assert stats["host_seconds"] >= 0 and stats["refill_seconds"] > 0
     one: dict = {}
-    generation.generate_fast(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, progress=False,
-                             options=generation.FastOptions(slots=1), stats=one)
+    scheduler.generate_fast(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, progress=False,
+                            options=FastOptions(slots=1), stats=one)
     assert one["busy_slot_steps"] == one["slot_steps"] > 0
     before = dict(stats)
-    generation.generate(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, engine="fast", stats=stats,
-                        fast=generation.FastOptions(slots=1), progress=False)
+    api.generate(model, tok, reqs[:4], max_new_tokens=10, batch_size=1, engine="fast", stats=stats,
+                 fast=FastOptions(slots=1), progress=False)
     assert stats["calls"] == 2 and stats["slot_steps"] == before["slot_steps"] + one["slot_steps"]
     plain: dict = {}
-    generation.generate(model, tok, reqs[:2], max_new_tokens=4, engine="hf", stats=plain, progress=False)
+    api.generate(model, tok, reqs[:2], max_new_tokens=4, engine="hf", stats=plain, progress=False)
     assert plain == {}
 
 
@@ -232,10 +233,10 @@ def test_stream_equals_generate_and_indexes_results_in_feed_order(model, tok, en
         got[i] = res
         log.append(("result", i))
 
-    generation.generate_stream(model, tok, chunked_feed(reqs, 3, log), on_result, total=len(reqs),
-                               longest_prompt=max(generation.prompt_tokens(tok, [r.prompt for r in reqs])),
-                               max_new_tokens=10, batch_size=8, stop_strings=["*_"], engine=engine_name, progress=False,
-                               fast=generation.FastOptions(slots=8, check_every=3))
+    api.generate_stream(model, tok, chunked_feed(reqs, 3, log), on_result, total=len(reqs),
+                        longest_prompt=max(api.prompt_tokens(tok, [r.prompt for r in reqs])),
+                        max_new_tokens=10, batch_size=8, stop_strings=["*_"], engine=engine_name, progress=False,
+                        fast=FastOptions(slots=8, check_every=3))
     assert [got[i] for i in range(len(reqs))] == whole
     feeds_before_first_result = log[: log.index(next(e for e in log if e[0] == "result"))]
     assert log.count(("feed", 0)) == 1  # asked once more after the last chunk, then never again
@@ -248,26 +249,26 @@ def test_stream_equals_generate_and_indexes_results_in_feed_order(model, tok, en
 @pytest.mark.parametrize("engine_name", ["hf", "fast"])
 def test_stream_of_nothing_builds_nothing(model, tok, engine_name, monkeypatch):
     """total = 0 (a complete run resumed): neither the feed nor a decoder is touched."""
-    monkeypatch.setattr(generation, "FastDecoder", None)  # building one would fail
+    monkeypatch.setattr(scheduler, "FastDecoder", None)  # building one would fail
     log: list = []
-    generation.generate_stream(model, tok, chunked_feed([], 1, log), lambda i, r: log.append(i), total=0,
-                               longest_prompt=1, max_new_tokens=4, engine=engine_name, progress=False)
+    api.generate_stream(model, tok, chunked_feed([], 1, log), lambda i, r: log.append(i), total=0,
+                        longest_prompt=1, max_new_tokens=4, engine=engine_name, progress=False)
     assert log == []
 
 
 def test_stream_fast_rejects_a_prompt_or_sampling_the_call_was_not_built_for(model, tok):
     reqs = [GenRequest(PROMPTS[0]), GenRequest(PROMPTS[1])]
-    short = generation.prompt_tokens(tok, [PROMPTS[0]])[0]
+    short = api.prompt_tokens(tok, [PROMPTS[0]])[0]
     with pytest.raises(ValueError, match="longest_prompt"):
-        generation.stream_fast(model, tok, chunked_feed(reqs, 1, []), lambda i, r: None, longest_prompt=short,
-                               total=2, max_new_tokens=4, progress=False, options=generation.FastOptions(slots=1),
-                               sampled=False, truncate=False)
+        scheduler.stream_fast(model, tok, chunked_feed(reqs, 1, []), lambda i, r: None, longest_prompt=short,
+                              total=2, max_new_tokens=4, progress=False, options=FastOptions(slots=1),
+                              sampled=False, truncate=False)
     sampled = [GenRequest(PROMPTS[0], temperature=0.7, top_p=0.9, seed=1)]
     for flags in ({"sampled": False, "truncate": False}, {"sampled": True, "truncate": False}):
         with pytest.raises(ValueError, match="temperature=0.7, top_p=0.9"):
-            generation.stream_fast(model, tok, chunked_feed(sampled, 1, []), lambda i, r: None, longest_prompt=64,
-                                   total=1, max_new_tokens=4, progress=False, options=generation.FastOptions(slots=1),
-                                   **flags)
+            scheduler.stream_fast(model, tok, chunked_feed(sampled, 1, []), lambda i, r: None, longest_prompt=64,
+                                  total=1, max_new_tokens=4, progress=False, options=FastOptions(slots=1),
+                                  **flags)
 
 
 def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatch):
@@ -279,16 +280,16 @@ def test_fast_decoder_is_freed_without_garbage_collection(model, tok, monkeypatc
 
     made = []
 
-    class Spy(generation.FastDecoder):
+    class Spy(decoder.FastDecoder):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             made.append(weakref.ref(self))
 
-    monkeypatch.setattr(generation, "FastDecoder", Spy)
+    monkeypatch.setattr(scheduler, "FastDecoder", Spy)
     gc.disable()
     try:
-        generation.generate_fast(model, tok, mixed_requests(), max_new_tokens=5, batch_size=4, progress=False,
-                                 options=generation.FastOptions(slots=4))
+        scheduler.generate_fast(model, tok, mixed_requests(), max_new_tokens=5, batch_size=4, progress=False,
+                                options=FastOptions(slots=4))
         assert made and made[0]() is None, "FastDecoder kept alive by a reference cycle"
     finally:
         gc.enable()
@@ -340,8 +341,8 @@ def fused_and_plain(m, tok, reqs, **kw):
     ids = encode_prompts(tok, [r.prompt for r in reqs])
     out = []
     for fuse in (True, False):
-        d = generation.FastDecoder(m, slots=len(reqs), cache_len=64, max_new_tokens=8, min_new_tokens=0,
-                                   eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=True, fuse=fuse, **kw)
+        d = decoder.FastDecoder(m, slots=len(reqs), cache_len=64, max_new_tokens=8, min_new_tokens=0,
+                                eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=True, fuse=fuse, **kw)
         d.prefill(list(range(len(reqs))), ids, reqs)
         out.append(d)
     return out
@@ -366,8 +367,8 @@ def test_fused_layer_equals_module_path(tok, arch):
             plain.pos += 1
     for Kf, Kp in zip(fused.K + fused.V, plain.K + plain.V):
         torch.testing.assert_close(Kf, Kp, rtol=1e-5, atol=1e-5)
-    runs = [generation.generate_fast(m, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
-                                     options=generation.FastOptions(slots=3, check_every=3, fuse=f)) for f in (True, False)]
+    runs = [scheduler.generate_fast(m, tok, reqs, max_new_tokens=10, batch_size=3, progress=False,
+                                    options=FastOptions(slots=3, check_every=3, fuse=f)) for f in (True, False)]
     assert runs[0] == runs[1] == run(m, tok, reqs, batch_size=16, max_new_tokens=10)
     after = m.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -385,15 +386,15 @@ def test_fused_layer_steps_aside_for_unmerged_lora_and_other_activations(tok):
     reqs = [GenRequest(p) for p in PROMPTS]
     blockers = []
     for m in (lora.eval(), gelu):
-        d = generation.FastDecoder(m, slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
-                                   eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False)
+        d = decoder.FastDecoder(m, slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                                eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False)
         assert d.fused is None
         blockers.append(d.fuse_blocker)
     assert "layer 0 q_proj" in blockers[0] and "not a plain nn.Linear" in blockers[0]
     assert "gelu" in blockers[1]
-    assert generation.FastDecoder(tiny_model(tok), slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
-                                  eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False,
-                                  compile=True).fuse_blocker == "compile=True"
+    assert decoder.FastDecoder(tiny_model(tok), slots=2, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                               eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False,
+                               compile=True).fuse_blocker == "compile=True"
     assert run(lora, tok, reqs, engine="fast", batch_size=2) == run(lora, tok, reqs, batch_size=4)
 
 
@@ -406,13 +407,13 @@ def test_fused_copies_are_counted_and_reserved_when_sizing_slots(tok, monkeypatc
     c, L = m.config, m.config.num_hidden_layers
     hd = c.hidden_size // c.num_attention_heads
     qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd * (c.hidden_size + 1)  # weights + biases
-    assert generation.fused_copy_bytes(m) == L * 4 * (qkv + 2 * c.intermediate_size * c.hidden_size)
+    assert kernels.fused_copy_bytes(m) == L * 4 * (qkv + 2 * c.intermediate_size * c.hidden_size)
     fake = SimpleNamespace(device=torch.device("cuda"), config=c, dtype=torch.bfloat16)
     per_slot = 2 * L * c.num_key_value_heads * hd * 64 * 2 + 16 * c.vocab_size
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * per_slot, 0))
-    assert generation.fast_slots(fake, 1, 64, 10_000) == 500
-    assert generation.fast_slots(fake, 1, 64, 10_000, reserve=400 * per_slot) == 300
-    assert generation.fast_slots(fake, 8, 64, 10_000, reserve=2000 * per_slot) == 8  # never below batch_size
+    assert scheduler.fast_slots(fake, 1, 64, 10_000) == 500
+    assert scheduler.fast_slots(fake, 1, 64, 10_000, reserve=400 * per_slot) == 300
+    assert scheduler.fast_slots(fake, 8, 64, 10_000, reserve=2000 * per_slot) == 8  # never below batch_size
 
 
 # ---- attn="flex": FlexAttention with a block-sparse mask against sdpa over the whole cache ---------------
@@ -446,23 +447,27 @@ def flex_requests(sampled: bool):
 
 def fast_run(m, tok, reqs, attn, seen=None, monkeypatch=None, **opts):
     if seen is not None:  # record each decoder's cache shapes
-        class Spy(generation.FastDecoder):
+        class Spy(decoder.FastDecoder):
             def __init__(self, *a, **kw):
                 super().__init__(*a, **kw)
                 seen.append((self.cache_len, self.K[0].shape[2]))
 
-        monkeypatch.setattr(generation, "FastDecoder", Spy)
-    return generation.generate_fast(m, tok, reqs, max_new_tokens=12, batch_size=3, progress=False,
-                                    options=generation.FastOptions(slots=3, attn=attn, check_every=2, **opts))
+        monkeypatch.setattr(scheduler, "FastDecoder", Spy)
+    return scheduler.generate_fast(m, tok, reqs, max_new_tokens=12, batch_size=3, progress=False,
+                                   options=FastOptions(slots=3, attn=attn, check_every=2, **opts))
 
 
 @pytest.fixture(params=["eager", "block_sparse"])
 def flex_kernel(request, monkeypatch):
     """The CPU flex path as is (eager flex_attention: mask_mod everywhere), or with a stand-in that reads
-    only the blocks the BlockMask lists (so the per-step in-place block update is checked end to end)."""
+    only the blocks the BlockMask lists (so the per-step in-place block update is checked end to end). The
+    stand-in must be called: patched anywhere but where FastDecoder looks the name up, the test would pass
+    on the eager kernel without checking the block lists."""
+    calls = []
     if request.param == "block_sparse":
-        monkeypatch.setattr(generation, "_attend_flex", block_sparse_attend)
-    return request.param
+        monkeypatch.setattr(decoder, "_attend_flex", lambda *a: calls.append(1) or block_sparse_attend(*a))
+    yield request.param
+    assert (len(calls) > 0) == (request.param == "block_sparse"), "the block-sparse stand-in was not the kernel used"
 
 
 @pytest.mark.parametrize("block", [16, 128])
@@ -488,12 +493,12 @@ def test_flex_seeded_samples_equal_sdpa(model, tok, flex_kernel):
 
 def test_fast_rejects_unknown_attn_and_bad_flex_block(model, tok):
     with pytest.raises(ValueError, match="attn must be one of"):
-        generation.FastOptions(attn="flash")
+        FastOptions(attn="flash")
     with pytest.raises(ValueError, match="flex_block"):
-        generation.FastOptions(attn="flex", flex_block=48)
+        FastOptions(attn="flex", flex_block=48)
     with pytest.raises(ValueError, match="attn must be one of"):
-        generation.FastDecoder(model, slots=1, cache_len=64, max_new_tokens=4, min_new_tokens=0,
-                               eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False, attn="Flex")
+        decoder.FastDecoder(model, slots=1, cache_len=64, max_new_tokens=4, min_new_tokens=0,
+                            eos=[tok.eos_token_id], pad=tok.pad_token_id, sampled=False, attn="Flex")
 
 
 def flex_case(lengths, kv_len=192, block=64, Hkv=2, G=3, D=16, seed=0):
@@ -504,7 +509,7 @@ def flex_case(lengths, kv_len=192, block=64, Hkv=2, G=3, D=16, seed=0):
     q = torch.randn(B, Hkv, G, D, generator=g)
     K, V = torch.randn(B, Hkv, kv_len, D, generator=g), torch.randn(B, Hkv, kv_len, D, generator=g)
     pos = torch.tensor(lengths) - 1
-    fm = generation.FlexDecodeMask(pos, G, kv_len, block)
+    fm = kernels.FlexDecodeMask(pos, G, kv_len, block)
     return q, K, V, pos, fm
 
 
@@ -529,7 +534,7 @@ def block_sparse_mask(bm) -> torch.Tensor:
 
 def block_sparse_attend(q, K, V, bm, scale):
     """A stand-in for the compiled kernel: sdpa over exactly the positions the block lists + mask_mod allow."""
-    return generation._attend_sdpa(q, K, V, block_sparse_mask(bm)[:, None, None, :], scale)
+    return kernels._attend_sdpa(q, K, V, block_sparse_mask(bm)[:, None, None, :], scale)
 
 
 @pytest.mark.parametrize("block", [16, 64])
@@ -542,8 +547,8 @@ def test_flex_attention_equals_sdpa_length_mask(block):
     for step in range(3):
         want = torch.arange(fm.kv_len)[None] <= pos[:, None]
         assert torch.equal(block_sparse_mask(fm.block_mask), want)
-        got = generation._attend_flex(q, K, V, fm.block_mask, 0.25)
-        ref = generation._attend_sdpa(q, K, V, want[:, None, None, :], 0.25)
+        got = kernels._attend_flex(q, K, V, fm.block_mask, 0.25)
+        ref = kernels._attend_sdpa(q, K, V, want[:, None, None, :], 0.25)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
         pos += torch.tensor([1, 1, 0, 2, 1, 0])  # slot 5 stays at full length
         fm.update()
@@ -560,6 +565,6 @@ def test_flex_attention_compiled_on_cpu_skips_blocks():
     want = (torch.arange(fm.kv_len)[None] <= pos[:, None])[:, None, None, :]
     flex = torch.compile(flex_attention, dynamic=False)
     got = flex(q, K, V, block_mask=fm.block_mask, scale=0.25)
-    torch.testing.assert_close(got, generation._attend_sdpa(q, K, V, want, 0.25), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, kernels._attend_sdpa(q, K, V, want, 0.25), rtol=1e-5, atol=1e-5)
     fm.full_num.zero_()  # the full blocks dropped: the kernel must now give something else
     assert not torch.allclose(flex(q, K, V, block_mask=fm.block_mask, scale=0.25), got, atol=1e-3)

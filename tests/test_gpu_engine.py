@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from looper_math import generation
-from looper_math.generation import GenRequest, generate
+from looper_math.engine import decoder, scheduler
+from looper_math.engine.api import GenRequest, generate
+from looper_math.engine.options import FastOptions
 from test_generation import PROMPTS, mixed_requests, tiny_model, tiny_qwen2, tiny_tokenizer
 
 pytestmark = [
@@ -36,16 +37,16 @@ def test_fast_greedy_and_samples_equal_hf_fp32(tok, attn, compile, fuse, arch):
     reqs = mixed_requests() * 3  # 42 requests through 8 slots: refills under the CUDA graph
     hf = generate(m, tok, reqs, max_new_tokens=24, batch_size=64, stop_strings=["*_"], progress=False)
     seen = []
-    real = generation.FastDecoder.capture
+    real = decoder.FastDecoder.capture
 
     def spy(dec):
         seen.append(dec.fused is not None)
         return real(dec)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(generation.FastDecoder, "capture", spy)
-        got = generation.generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"], progress=False,
-                                       options=generation.FastOptions(slots=8, attn=attn, compile=compile, fuse=fuse))
+        mp.setattr(decoder.FastDecoder, "capture", spy)
+        got = scheduler.generate_fast(m, tok, reqs, max_new_tokens=24, batch_size=8, stop_strings=["*_"], progress=False,
+                                      options=FastOptions(slots=8, attn=attn, compile=compile, fuse=fuse))
     assert seen == [fuse]
     assert got == hf
 
@@ -61,7 +62,7 @@ def test_fast_greedy_bf16_agrees_with_hf_as_often_as_hf_agrees_with_itself(tok, 
     hf = generate(m, tok, reqs, max_new_tokens=32, batch_size=64, progress=False)
     hf_small = generate(m, tok, reqs, max_new_tokens=32, batch_size=5, progress=False)
     fa = generate(m, tok, reqs, max_new_tokens=32, batch_size=64, progress=False, engine="fast",
-                  fast=generation.FastOptions(fuse=fuse))
+                  fast=FastOptions(fuse=fuse))
     control = sum(a.text == b.text for a, b in zip(hf, hf_small)) / len(reqs)
     same = sum(a.text == b.text for a, b in zip(hf, fa)) / len(reqs)
     print(f"bf16 identical rows: hf vs fast (fuse={fuse}) {same:.3f}, hf batch 64 vs 5 {control:.3f}")
@@ -87,15 +88,15 @@ def test_flex_equals_sdpa_under_cuda_graph_fp32(tok, monkeypatch, compile, block
     reqs = mixed_requests() * 2 + [GenRequest(LONG_PROMPT), GenRequest(LONG_PROMPT[:70], temperature=1.0, seed=5)]
     graphs = []
 
-    class Spy(generation.FastDecoder):
+    class Spy(decoder.FastDecoder):
         def capture(self):
             super().capture()
             graphs.append(self.graph is not None)
 
-    monkeypatch.setattr(generation, "FastDecoder", Spy)
+    monkeypatch.setattr(scheduler, "FastDecoder", Spy)
     call = dict(max_new_tokens=64, batch_size=8, stop_strings=["*_"], progress=False)
-    sdpa = generation.generate_fast(m, tok, reqs, **call, options=generation.FastOptions(slots=8, compile=compile))
-    flex = generation.generate_fast(m, tok, reqs, **call, options=generation.FastOptions(
-        slots=8, attn="flex", flex_block=block, compile=compile))
+    sdpa = scheduler.generate_fast(m, tok, reqs, **call, options=FastOptions(slots=8, compile=compile))
+    flex = scheduler.generate_fast(m, tok, reqs, **call, options=FastOptions(
+slots=8, attn="flex", flex_block=block, compile=compile))
     assert graphs == [True, True]
     assert flex == sdpa

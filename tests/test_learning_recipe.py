@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from looper_math.generation import sample_rows
+from looper_math.engine.sampling import sample_rows
 
 
 def _rows(n: int, top_p: float, temperature: float = 1.0):
@@ -307,7 +307,7 @@ def test_merged_rollouts_copy_matches_the_policy_and_returns_sampled_ids(smoke_c
     the adapter after it changes, never touches the policy, and hands TRL the ids it sampled."""
     from types import SimpleNamespace
 
-    from looper_math.generation import encode_prompts
+    from looper_math.engine.api import encode_prompts
     from looper_math.grpo import MergedRollouts
     from looper_math.modeling import load_model_with_adapter, load_tokenizer
     from looper_math.sft import train_sft

@@ -408,7 +408,7 @@ def test_merged_adapter_generates_what_the_unmerged_one_does(run):
     fp32 the greedy outputs equal base + unmerged LoRA, and the adapter files are not touched."""
     from peft import PeftModel
 
-    from looper_math.generation import GenRequest, generate
+    from looper_math.engine.api import GenRequest, generate
     from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
     from looper_math.prompts import build_prompt
 

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from looper_math.config import Config, eval_phase, fingerprint, save_resolved
-from looper_math.generation import GenRequest, fast_options, generate
+from looper_math.engine.api import GenRequest, fast_options, generate
 from looper_math.layout import RunLayout, resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard

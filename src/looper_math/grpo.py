@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 
 from looper_math.config import Config
-from looper_math.generation import GenRequest, encode_prompts, fast_options, generate
+from looper_math.engine.api import GenRequest, encode_prompts, fast_options, generate
 from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
@@ -83,7 +83,7 @@ def grpo_reward(cfg: Config):
 
 class MergedRollouts:
     """GRPOTrainer's ``rollout_func`` for ``grpo.generation: looper``: completions from this project's
-    ``generation.generate`` (``eval.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
+    ``engine.api.generate`` (``eval.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
 
     Decoding base + unmerged LoRA is about 3x slower than the plain model (issue 12), and merging in place
     and back each step would drift the bf16 base weights. So the policy is copied once into a private

@@ -7,7 +7,7 @@ one row per trajectory, keyed by (question_id, sample_idx)) and ``<stem>.summary
 Per round of ``rollouts.questions_per_round`` questions: the bandit allocates k arms per question and
 every missing (question_id, sample_idx) becomes one generation request (arm prompt, arm temperature
 and top_p, seed derived from (rollouts.seed, question_id, sample_idx)). The rounds go to the engine
-as one stream (``generation.generate_stream``): the plain engine generates a round at a time; the fast
+as one stream (``engine.api.generate_stream``): the plain engine generates a round at a time; the fast
 engine asks for the next round whenever fewer requests wait than slots are free, so its slots stay full
 from the first question to the last instead of idling in each round's tail. As soon as a question's
 samples are all in, its group is scored (``regime_w.scoring.score_group``, in a process pool while the
@@ -40,7 +40,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
-from looper_math.generation import GenRequest, fast_options, generate_stream, prompt_tokens
+from looper_math.engine.api import GenRequest, fast_options, generate_stream, prompt_tokens
 from looper_math.layout import resolved_of, summary_of
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
@@ -166,7 +166,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     weights = (w.w_end, w.w_path, w.w_cf)
     run_tokens, t0 = 0, time.time()
     timing: dict[str, float] = {}
-    engine_stats: dict = {}  # the fast engine's counters (generation.stream_fast)
+    engine_stats: dict = {}  # the fast engine's counters (engine.scheduler.stream_fast)
     workers = score_workers(r.score_workers)
     pool = None
     if workers > 1:
