@@ -20,8 +20,9 @@ optional (a missing part gets a note on the page instead of a section):
 
 The page is self-contained HTML; charts are PNGs next to it (relative links), drawn with matplotlib's
 Agg backend so no display is needed. Malformed data (a row without a needed field) is an error, not a
-silently skipped section; a rollouts file still being written may have a torn last line, which is
-ignored.
+silently skipped section. A finished output (its summary exists) must still be what its summary recorded
+(``layout.check_intact``): a torn or corrupt line stops the report with the file, the line and how to
+rebuild it; a rollouts file still being written (no summary yet) may have a torn last line, which is ignored.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from looper_math.compare import compare  # noqa: E402
-from looper_math.layout import Output, RunLayout  # noqa: E402
+from looper_math.layout import Output, RunLayout, check_intact  # noqa: E402
 from looper_math.runio import DataError, atomic_write_text, read_json  # noqa: E402
 from looper_math.schemas import PairRow, RolloutRow, read_rows  # noqa: E402
 
@@ -378,6 +379,10 @@ def build_report(run: Path | RunLayout, out_dir: Path | None = None, rollouts_pa
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in CHARTS:  # a chart whose data is gone must not linger next to the new page
         (out_dir / name).unlink(missing_ok=True)
+
+    for o in [*layout.evals(), *layout.rollouts_files(), *layout.prefs_files()]:
+        if o.path.is_file():  # an evaluation without its per-example file is shown without a paired test
+            check_intact(o.path, o.count_key)
 
     notes: list[str] = []
     headline, eval_html, n = _eval_section(layout, out_dir)

@@ -186,7 +186,11 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if mode == "resume" and self.path.exists():
             self.torn_bytes = repair_jsonl(self.path)
-            for i, row in enumerate(read_jsonl(self.path)):
+            try:
+                rows = list(read_jsonl(self.path))
+            except DataError as e:  # a damaged row before the last is data lost mid-file: not ours to drop
+                raise DataError(f"{e}; only a torn last line is repaired on resume: rebuild the file with --overwrite") from None
+            for i, row in enumerate(rows):
                 try:
                     key = tuple(row[k] for k in key_fields)
                 except KeyError as e:
