@@ -5,7 +5,8 @@ Rules every phase follows:
   atomic on POSIX), so a crash leaves either the old file or the new one, never half of one.
 - Row outputs (rollouts, eval) are append-only JSONL keyed by a tuple of fields. Each row is written
   as one ``write`` of a complete line followed by flush+fsync. On resume a torn last line (a kill in
-  the middle of a write) is detected, reported and truncated away; rows already there are skipped.
+  the middle of a write) is detected, reported and truncated away; rows already there are skipped; a
+  damaged line before the last is refused (``--overwrite`` rebuilds the file), never dropped.
 - An existing non-empty output is never overwritten or extended unless the user said ``--overwrite``
   or ``--resume``.
 """
