@@ -358,6 +358,9 @@ def test_damaged_finished_rollouts_stop_the_run_and_rerun_changed_rebuilds_them(
     assert result["phases_run"] == ["phase 2: rollouts", "phase 3: pairs", "phase 4: DPO", "phase 5: eval DPO"]
     assert integrity_problem(rollouts, "rows") is None and rollouts.read_bytes().count(b"\n") == n
     assert run_pipeline(c)["phases_run"] == []  # intact again: every phase skipped
+    dpo = c.path(c.dpo.output_dir)
+    assert json.loads((dpo / "train_summary.json").read_text())["adapter_sha256"] == hashlib.sha256(
+        (dpo / "adapter_model.safetensors").read_bytes()).hexdigest()  # the rebuilt adapter's weights, recorded
 
 
 def test_rerun_changed_reruns_the_changed_phases_then_all_current(run, tmp_path):
