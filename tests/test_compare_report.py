@@ -200,3 +200,63 @@ def test_report_rollouts_missing_field_is_data_error(tmp_path):
     write_jsonl(tmp_path / "data" / "x_rollouts.jsonl", [{"question_id": 1, "arm": "a"}])
     with pytest.raises(DataError, match="'correct'"):
         build_report(tmp_path)
+
+
+def _eval_of(root, name, checkpoint, correct, split="test"):
+    """An evaluation as evaluate writes it: per-example JSONL and a summary naming its checkpoint and split."""
+    write_jsonl(root / "outputs" / f"{name}.jsonl", eval_rows(correct, checkpoint=checkpoint))
+    k, n = sum(correct), len(correct)
+    (root / "outputs" / f"{name}.summary.json").write_text(json.dumps(
+        {"accuracy_strict": k / n, "accuracy_flexible": k / n, "ci95_strict": list(wilson_ci(k, n)), "n": n,
+         "checkpoint": checkpoint, "split": split}))
+
+
+def _adapter(root, name, **summary):
+    d = root / "checkpoints" / name
+    d.mkdir(parents=True)
+    (d / "log_history.json").write_text(json.dumps([{"step": 1, "loss": 1.0}]))
+    (d / "train_summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def _cards(page: str, label: str) -> list[str]:
+    """The headline cards of checkpoint ``label``, each up to the end of its last line."""
+    segs = [s for s in page.split('<div class="card">')[1:] if s.startswith(f'<div class="card-label">{label} · ')]
+    return [s[: s.index("</div></div>", s.index('class="card-sub"'))] for s in segs]
+
+
+def _card(page: str, label: str) -> str:
+    (card,) = _cards(page, label)
+    return card
+
+
+def test_cards_compare_each_checkpoint_with_its_parent_and_the_base(tmp_path):
+    """Issue 25: GRPO trained from SFT said '-3.1 pts vs dpo_lora_r2' (the card before it). Each card now
+    names its parent (SFT: the base; DPO, GRPO: the init_adapter of its train summary) and the base, with
+    the exact McNemar p of each pair."""
+    base, sft, dpo, grpo = ([True] * 10 + [False] * 30, [True] * 20 + [False] * 20,
+                            [True] * 30 + [False] * 10, [True] * 19 + [False] * 21)
+    sft_dir = _adapter(tmp_path, "sft_lora", phase="sft")
+    dpo_dir = _adapter(tmp_path, "dpo_lora", phase="dpo", init_adapter=str(sft_dir))
+    # trained on another machine: its init_adapter path is from there; the folder name finds the parent here
+    grpo_dir = _adapter(tmp_path, "grpo_lora", phase="grpo", init_adapter="/gpu-box/run/checkpoints/sft_lora")
+    _eval_of(tmp_path, "base_eval", "base:tiny", base)
+    _eval_of(tmp_path, "sft_eval", str(sft_dir), sft)
+    _eval_of(tmp_path, "dpo_eval", str(dpo_dir), dpo)
+    _eval_of(tmp_path, "grpo_eval", str(grpo_dir), grpo)
+    _eval_of(tmp_path, "grpo_dev_eval", str(grpo_dir), grpo[:20], split="dev")  # no dev eval of its parent or the base
+    page = build_report(tmp_path).read_text()
+
+    def p(a, b):
+        return mcnemar_exact_p(sum(not x and y for x, y in zip(a, b)), sum(x and not y for x, y in zip(a, b)))
+
+    grpo_cards = _cards(page, "grpo_lora")
+    (test_card,) = [c for c in grpo_cards if c.endswith("n=40")]
+    assert "dpo_lora" not in test_card
+    assert f"-2.5 pts vs sft_lora (parent), McNemar p = {p(sft, grpo):.3g} (not significant)" in test_card
+    assert f"+22.5 pts vs base, McNemar p = {p(base, grpo):.3g} (significant)" in test_card
+    assert f"+25.0 pts vs sft_lora (parent), McNemar p = {p(sft, dpo):.3g}" in _card(page, "dpo_lora")
+    assert "+25.0 pts vs base (parent)" in _card(page, "sft_lora") and "McNemar" in _card(page, "sft_lora")
+    assert "pts vs" not in _card(page, "base")
+    (dev_card,) = [c for c in grpo_cards if c.endswith("n=20")]
+    assert "trained from sft_lora: not evaluated on this split" in dev_card and "pts vs" not in dev_card

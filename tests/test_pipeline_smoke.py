@@ -333,6 +333,36 @@ def test_truncated_output_is_reported_not_skipped(run, tmp_path):
         run_pipeline(c)
 
 
+def test_damaged_finished_rollouts_stop_the_run_and_rerun_changed_rebuilds_them(run, tmp_path):
+    """Issue 25: a torn last line (the line count still matches) made `run` say "complete, skipped"; a corrupt
+    middle line made every phase skip and the report fail, with nothing that rebuilt the file."""
+    from looper_math.layout import integrity_problem
+    from looper_math.pipeline import run_pipeline
+    from looper_math.runio import StaleOutputError
+
+    cfg, _ = run
+    c = _copy_run(cfg, tmp_path / "run")
+    rollouts = c.path(c.rollouts.output)
+    good = rollouts.read_bytes()
+    n = good.count(b"\n")
+    rollouts.write_bytes(good[:-15])
+    with pytest.raises(StaleOutputError, match=rf"^phase 2: rollouts: {rollouts}:{n}: invalid JSON \(JSONDecodeError, no newline: "
+                                               rf"a torn last line\); rollouts.summary.json counts {n} rows; pass --rerun-changed"):
+        run_pipeline(c)
+    lines = good.split(b"\n")
+    lines[2] = b"\x00" * len(lines[2])
+    rollouts.write_bytes(b"\n".join(lines))
+    with pytest.raises(StaleOutputError, match=rf"^phase 2: rollouts: {rollouts}:3: invalid JSON"):
+        run_pipeline(c)
+    result = run_pipeline(c, rerun_changed=True)
+    assert result["phases_run"] == ["phase 2: rollouts", "phase 3: pairs", "phase 4: DPO", "phase 5: eval DPO"]
+    assert integrity_problem(rollouts, "rows") is None and rollouts.read_bytes().count(b"\n") == n
+    assert run_pipeline(c)["phases_run"] == []  # intact again: every phase skipped
+    dpo = c.path(c.dpo.output_dir)
+    assert json.loads((dpo / "train_summary.json").read_text())["adapter_sha256"] == hashlib.sha256(
+        (dpo / "adapter_model.safetensors").read_bytes()).hexdigest()  # the rebuilt adapter's weights, recorded
+
+
 def test_rerun_changed_reruns_the_changed_phases_then_all_current(run, tmp_path):
     from looper_math.config import fingerprint
     from looper_math.pipeline import run_pipeline

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from looper_math.config import Config, fingerprint
+from looper_math.layout import check_intact
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.runio import DataError, check_output
 from looper_math.schemas import PairRow, read_rows
@@ -31,6 +32,7 @@ PAIR_FIELDS = ("prompt", "chosen", "rejected")  # the fields of schemas.PairRow 
 def load_pairs(path: Path) -> list[dict]:
     if not path.exists():
         raise DataError(f"{path}: preference pairs not found (run `looper-math prefs` first)")
+    check_intact(path, "pairs")
     pairs = []
     for i, row in enumerate(read_rows(path, PairRow, PAIR_FIELDS, nonempty=PAIR_FIELDS), 1):
         if row["chosen"] == row["rejected"]:

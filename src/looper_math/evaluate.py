@@ -22,9 +22,9 @@ from pathlib import Path
 
 from looper_math.config import Config, eval_phase, fingerprint, save_resolved
 from looper_math.engine.api import GenRequest, fast_options, generate
-from looper_math.layout import RunLayout, resolved_of, summary_of
+from looper_math.layout import RunLayout, resolved_of, summary_of, write_summary
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
-from looper_math.runio import DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard, shard_path, take_shard
+from looper_math.runio import DataError, JsonlAppender, check_output, read_jsonl, resolve_shard, shard_path, take_shard
 from looper_math.schemas import EVAL_KEY, EvalRow, fields
 from looper_math.stats import wilson_ci
 from looper_math.task import GSM8K
@@ -90,6 +90,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
                     raise DataError(f"{out}:{i}: row of checkpoint={row.get('checkpoint')!r}, but this run evaluates "
                                     f"{checkpoint!r} (use --overwrite or another --output)")
         save_resolved(cfg, out.parent, resolved_of(out).name)
+        summary_of(out).unlink(missing_ok=True)  # the file changes from here: complete again once its summary is rewritten
         todo = [p for p in problems if (p.question_id,) not in sink]
         if mode == "resume":
             print(f"eval: resuming {out}: {len(problems) - len(todo)} done, {len(todo)} to go"
@@ -111,7 +112,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     rows = list(read_jsonl(out))
     summary = summarize(rows, checkpoint=checkpoint, cfg=cfg, run_tokens=run_tokens, run_seconds=time.time() - t0)
     summary["settings_fingerprint"] = fingerprint(cfg, eval_phase(adapter))
-    atomic_write_json(summary_of(out), summary)
+    summary = write_summary(out, summary)
     lo, hi = summary["ci95"]
     print(f"eval [{checkpoint}] n={summary['n']}: accuracy {summary['accuracy']:.2%} (95% CI {lo:.2%}-{hi:.2%}), "
           f"strict {summary['accuracy_strict']:.2%}, flexible {summary['accuracy_flexible']:.2%}, "

@@ -20,18 +20,30 @@ from (``sft.data: rft``) are ``sft.rft_rollouts`` (:func:`rft_rollouts_config`).
 A run directory without a config (``looper-math report RUN_DIR``) is read through
 :meth:`RunLayout.discover`: the conventional folders only (``outputs/``, ``data/``, ``checkpoints/*/``), never
 a recursive walk and never a shard file.
+
+Integrity: every summary is written by :func:`write_summary`, which records what the finished output was
+(a JSONL's ``output_rows`` and ``output_sha256`` of its bytes; an adapter folder's ``adapter_sha256`` of
+``adapter_model.safetensors``). A complete output is trusted (``run`` skips it, ``report``, ``prefs``, ``sft``
+and ``dpo`` read it) only while :func:`integrity_problem` finds nothing: a torn or corrupt line, a row count
+or checksum that differs, a missing weights file is named in one line with how to rebuild it. Summaries of
+earlier versions have no checksum: their JSONL must still parse line by line and hold the rows they count.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from looper_math.config import Config, changed_settings, eval_phase
-from looper_math.runio import clear_output, read_json
+from looper_math.runio import DataError, atomic_write_json, clear_output, read_json
 
 SHARD_TAG = ".shard-"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the file of an adapter folder the summary's checksum covers
+# what to do about a damaged finished output, for the commands that find one outside `run` (which names its own flag)
+REBUILD = "rebuild it with `looper-math run --rerun-changed` (or rerun its phase with --overwrite)"
 
 
 def summary_of(path: Path) -> Path:
@@ -44,6 +56,100 @@ def resolved_of(path: Path) -> Path:
     """The resolved config written with an output (beside a JSONL, inside an adapter folder)."""
     path = Path(path)
     return path / "resolved_config.yaml" if path.suffix != ".jsonl" else path.with_name(path.stem + ".resolved_config.yaml")
+
+
+def _scan(path: Path) -> tuple[int, str]:
+    """(non-empty lines, sha256 of the bytes) of a file."""
+    h, rows = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for raw in f:
+            h.update(raw)
+            rows += bool(raw.strip())
+    return rows, h.hexdigest()
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """``path:LINE: why`` for the first non-empty line that is not one JSON object (a torn or corrupt row), else None."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            torn = "" if raw.endswith(b"\n") else ", no newline: a torn last line"
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                return f"{path}:{i}: invalid JSON ({e.__class__.__name__}{torn})"
+            if not isinstance(obj, dict):
+                return f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
+    return None
+
+
+def output_record(path: Path) -> dict:
+    """What a summary records of its finished output: a JSONL's row count and sha256, an adapter folder's
+    weights sha256 (see :func:`integrity_problem`)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        rows, sha = _scan(path)
+        return {"output_rows": rows, "output_sha256": sha}
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise DataError(f"{weights}: missing after the final save, so the adapter cannot be marked complete")
+    return {"adapter_sha256": _scan(weights)[1]}
+
+
+def write_summary(path: Path, summary: dict) -> dict:
+    """Write the summary of the finished output at ``path`` (every phase's last write: it marks the output
+    complete), with :func:`output_record` of the output added; returns the summary as written."""
+    summary = {**summary, **output_record(path)}
+    atomic_write_json(summary_of(path), summary)
+    return summary
+
+
+def integrity_problem(path: Path, count_key: str | None = None) -> str | None:
+    """Why the finished output at ``path`` no longer is what its summary recorded (None when it is, or when it
+    has no summary: it is not finished). ``count_key``: the summary field that counts a JSONL's rows in
+    summaries written before ``output_rows`` (rows, n, pairs)."""
+    path = Path(path)
+    summary_path = summary_of(path)
+    if not summary_path.exists():
+        return None
+    try:
+        summary = read_json(summary_path)
+    except DataError as e:  # a damaged summary is a damaged output: rebuilt like one
+        return str(e)
+    if not isinstance(summary, dict):
+        return f"{summary_path}: expected a JSON object, got {type(summary).__name__}"
+    if path.suffix != ".jsonl":
+        weights = path / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            return f"{weights} is missing but {summary_path.name} says the adapter is complete"
+        want = summary.get("adapter_sha256")
+        if want is not None and _scan(weights)[1] != want:
+            return f"{weights} differs from the adapter {summary_path.name} recorded (sha256)"
+        return None
+    if not path.is_file():
+        return f"{path} is missing but {summary_path.name} says it is complete"
+    want_rows = summary.get("output_rows", summary.get(count_key) if count_key else None)
+    want_sha = summary.get("output_sha256")
+    rows, sha = _scan(path)
+    if sha == want_sha:
+        return None
+    bad = _first_bad_line(path)  # only read line by line when the checksum does not vouch for the file
+    if bad is not None:
+        return f"{bad}; {summary_path.name} counts {want_rows} rows"
+    if want_rows is not None and rows != want_rows:
+        return f"{path} holds {rows} rows but {summary_path.name} counts {want_rows}"
+    if want_sha is not None:
+        return f"{path} changed after {summary_path.name} was written ({rows} rows as counted, but its sha256 differs)"
+    return None
+
+
+def check_intact(path: Path, count_key: str | None = None) -> None:
+    """Raise DataError (the problem and how to rebuild the output) when a finished output is damaged; an
+    output without a summary is left to its reader."""
+    problem = integrity_problem(path, count_key)
+    if problem is not None:
+        raise DataError(f"{problem}; {REBUILD}")
 
 
 def _suffixed(path: str, r: int) -> str:
@@ -108,8 +214,8 @@ class Output:
         return self.summary.exists()
 
     def problem(self) -> str | None:
-        """Why a complete output is not current (None when it is): settings changed, an input is newer, or the
-        JSONL does not hold the rows its summary counts."""
+        """Why a complete output is not current (None when it is): settings changed, an input is newer, or it is
+        not what its summary recorded (:func:`integrity_problem`)."""
         for f in (self.summary, self.resolved):
             if not f.exists():
                 return f"{f} is missing, so its settings are unknown"
@@ -121,13 +227,7 @@ class Output:
         newer = [f for f in self.inputs if f.exists() and f.stat().st_mtime_ns > t]
         if newer:
             return f"its input {newer[0]} is newer than it"
-        if self.count_key is not None:
-            want = read_json(self.summary)[self.count_key]
-            with open(self.path, "rb") as f:
-                have = sum(1 for line in f if line.strip())
-            if have != want:
-                return f"{self.path} holds {have} rows but {self.summary.name} counts {want}"
-        return None
+        return integrity_problem(self.path, self.count_key)
 
     def clear(self) -> None:
         for f in (self.path, self.summary, self.resolved):

@@ -7,8 +7,8 @@ The run is a list of :class:`Phase` objects (name, output, is_complete, run, sum
 (``layout.RunLayout``). Without ``--overwrite`` the run continues: complete phases are skipped (a phase is
 complete once the summary its output's layout names exists; every phase writes it last) and partial ones
 resume. A complete phase is skipped only while it is current (``layout.Output.problem``): its settings (``config.PHASE_SETTINGS``, its inputs' included) equal those in the
-resolved config written with it, its inputs are not newer than it, and its JSONL still holds the rows its
-summary counts. Otherwise the run stops with one line naming the changed keys (or the file), before that
+resolved config written with it, its inputs are not newer than it, and it is still what its summary
+recorded (rows and checksum, ``layout.integrity_problem``: a torn or corrupt line is caught). Otherwise the run stops with one line naming the changed keys (or the file), before that
 phase; ``--rerun-changed`` reruns such a phase from scratch instead (and so, through the same checks,
 everything downstream of it). Round r > 1 samples from round r-1's DPO adapter and
 continues DPO from it (reference = that adapter), Iterative-RPO style; with ``policy: grpo`` round r > 1

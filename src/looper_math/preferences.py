@@ -41,8 +41,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from looper_math.config import Config, ConfigError, PrefsConfig, fingerprint, save_resolved
-from looper_math.layout import resolved_of, summary_of
-from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, read_jsonl
+from looper_math.layout import check_intact, resolved_of, write_summary
+from looper_math.runio import DataError, atomic_write_text, check_output, read_jsonl
 from looper_math.schemas import PairRow, RolloutRow, check_row
 
 PAIR_TYPES = ("correctness", "coherence")
@@ -212,6 +212,7 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
     if not rollouts_path.is_file():
         raise DataError(f"{rollouts_path}: rollouts file not found")
     check_output(output_path, resume=False, overwrite=overwrite, resumable=False)  # replaced by an atomic rename below
+    check_intact(rollouts_path, "rows")  # a finished rollouts file must still be what its summary recorded
     rows = list(read_jsonl(rollouts_path))
     check_rows(rows, str(rollouts_path))
     pairs, summary = build_pairs(rows, cfg.prefs)
@@ -219,7 +220,7 @@ def run_prefs(cfg: Config, rollouts_path: Path, output_path: Path, overwrite: bo
                "settings_fingerprint": fingerprint(cfg, "prefs")}
 
     atomic_write_text(output_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    atomic_write_json(summary_of(output_path), summary)
+    summary = write_summary(output_path, summary)
     save_resolved(cfg, output_path.parent, resolved_of(output_path).name)
     if cfg.smoke:
         print("SMOKE RUN (tiny model): these pairs say nothing about the real model.")

@@ -11,7 +11,9 @@ found; or, for a bare run directory, ``RunLayout.discover``: ``outputs/*eval*``,
 optional (a missing part gets a note on the page instead of a section):
 
 - eval summaries (``accuracy_strict``, ``accuracy_flexible``, ``ci95_strict``, ``n``, ``checkpoint``) ->
-  headline accuracies, accuracy-by-phase chart with 95 % CIs, paired McNemar test against the previous phase;
+  headline accuracies, accuracy-by-phase chart with 95 % CIs; each trained checkpoint's card gives its difference,
+  with the exact McNemar p over the per-example files, to the checkpoint it was trained from (its
+  ``train_summary.json``: SFT's is the base model, DPO's and GRPO's their ``init_adapter``) and to the base model;
 - the rollouts JSONL (the newest) -> per-arm table and chart, score histograms for correct vs incorrect;
 - the pairs JSONL -> pair counts by type and margins;
 - each adapter's ``log_history.json`` (list of dicts with ``step``, ``loss``) -> loss curves;
@@ -20,8 +22,9 @@ optional (a missing part gets a note on the page instead of a section):
 
 The page is self-contained HTML; charts are PNGs next to it (relative links), drawn with matplotlib's
 Agg backend so no display is needed. Malformed data (a row without a needed field) is an error, not a
-silently skipped section; a rollouts file still being written may have a torn last line, which is
-ignored.
+silently skipped section. A finished output (its summary exists) must still be what its summary recorded
+(``layout.check_intact``): a torn or corrupt line stops the report with the file, the line and how to
+rebuild it; a rollouts file still being written (no summary yet) may have a torn last line, which is ignored.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from looper_math.compare import compare  # noqa: E402
-from looper_math.layout import Output, RunLayout  # noqa: E402
+from looper_math.layout import Output, RunLayout, check_intact  # noqa: E402
 from looper_math.runio import DataError, atomic_write_text, read_json  # noqa: E402
 from looper_math.schemas import PairRow, RolloutRow, read_rows  # noqa: E402
 
@@ -124,17 +127,66 @@ def _phase_rank(label: str) -> tuple[int, str]:
     return len(PHASE_ORDER), low
 
 
-def _delta_html(prev: dict, e: dict) -> str:
-    """The headline difference to the previous phase with its exact McNemar p (paired over the questions
-    both per-example files hold, as `looper-math compare --intersect`); green or red only when p < 0.05."""
-    d = 100 * (e["headline"] - prev["headline"])
-    files = [x["jsonl"] for x in (prev, e)]
+def _delta_html(ref: dict, e: dict, role: str = "") -> str:
+    """The headline difference of ``e`` to ``ref`` with its exact McNemar p (paired over the questions both
+    per-example files hold, as `looper-math compare --intersect`); green or red only when p < 0.05."""
+    d = 100 * (e["headline"] - ref["headline"])
+    vs = f'{d:+.1f} pts vs {_esc(ref["label"])}' + (f" ({role})" if role else "")
+    files = [x["jsonl"] for x in (ref, e)]
     if not all(f.exists() for f in files):
-        return f'<span class="flat">{d:+.1f} pts vs {_esc(prev["label"])} (no per-example file: no paired test)</span>'
+        return f'<div class="flat">{vs}: no per-example file, no paired test</div>'
     p = compare(*files, intersect=True)["mcnemar_p"]
     cls = "flat" if p >= 0.05 or d == 0 else "up" if d > 0 else "down"
     verdict = "not significant" if p >= 0.05 else "significant"
-    return f'<span class="{cls}">{d:+.1f} pts vs {_esc(prev["label"])}, McNemar p = {p:.3g} ({verdict})</span>'
+    return f'<div class="{cls}">{vs}, McNemar p = {p:.3g} ({verdict})</div>'
+
+
+def _trained_from(layout: RunLayout, checkpoint: str) -> str | None:
+    """What an evaluated adapter was trained from: ``"base"`` for SFT, the ``init_adapter`` its train summary
+    records for DPO and GRPO; None when no train summary of it is found (the folder is looked up where the
+    evaluation says, else by name among the run's adapters: a run directory copied elsewhere keeps working)."""
+    found = Path(checkpoint) / "train_summary.json"
+    if not found.is_file():
+        found = next((o.summary for o in layout.trainings() if o.path.name == Path(checkpoint).name and o.summary.is_file()), None)
+        if found is None:
+            return None
+    s = read_json(found)
+    if not isinstance(s, dict):
+        raise DataError(f"{found}: expected a JSON object")
+    if s.get("init_adapter"):
+        return str(s["init_adapter"])
+    return "base" if s.get("phase") == "sft" else None
+
+
+def _find_eval(evals: list[dict], checkpoint: str) -> dict | None:
+    """The evaluation of ``checkpoint`` (the same path, else the same folder name) among ``evals``."""
+    exact = [x for x in evals if x["checkpoint"] == checkpoint]
+    named = [x for x in evals if not x["checkpoint"].startswith("base:") and Path(x["checkpoint"]).name == Path(checkpoint).name]
+    return (exact or named or [None])[0]
+
+
+def _deltas_html(layout: RunLayout, evals: list[dict], e: dict) -> str:
+    """A checkpoint's differences to its parent (what it was trained from, :func:`_trained_from`) and to the
+    base model, each evaluated on the same split (dev and test figures are never paired); nothing for the
+    base model itself. Issue 25: the card before it in phase order is no reference (GRPO trained from SFT was
+    compared with DPO)."""
+    if e["checkpoint"].startswith("base:"):
+        return ""
+    same = [x for x in evals if x is not e and x.get("split") == e.get("split")]
+    base = next((x for x in same if x["checkpoint"].startswith("base:")), None)
+    parent_ckpt = _trained_from(layout, e["checkpoint"])
+    out = []
+    if parent_ckpt is None:
+        out.append('<div class="flat">trained from: unknown (no train_summary.json of it)</div>')
+    elif parent_ckpt != "base":
+        parent = _find_eval(same, parent_ckpt)
+        if parent is None:
+            out.append(f'<div class="flat">trained from {_esc(Path(parent_ckpt).name)}: not evaluated on this split</div>')
+        else:
+            out.append(_delta_html(parent, e, "parent"))
+    if base is not None:
+        out.append(_delta_html(base, e, "parent" if parent_ckpt == "base" else ""))
+    return f'<div class="card-deltas">{"".join(out)}</div>'
 
 
 def _eval_section(layout: RunLayout, out_dir: Path) -> tuple[str, str, list[str]]:
@@ -152,19 +204,14 @@ def _eval_section(layout: RunLayout, out_dir: Path) -> tuple[str, str, list[str]
         label = "base" if ckpt.startswith("base:") else Path(ckpt).name
         # the headline figure is the one `correct` used: the platinum harness's, or answer_mode's extraction
         mode = "platinum" if s.get("protocol") == "platinum" else s.get("answer_mode", "strict")
-        evals.append({**s, "file": f.name, "jsonl": o.path, "label": label, "mode": mode,
+        evals.append({**s, "checkpoint": ckpt, "file": f.name, "jsonl": o.path, "label": label, "mode": mode,
                       "headline": s.get("accuracy", s["accuracy_strict"]), "headline_ci": s.get("ci95", s["ci95_strict"])})
     evals.sort(key=lambda e: _phase_rank(e["label"] + " " + e["file"]))
 
     cards = ""
-    for k, e in enumerate(evals):
-        delta = ""
-        # the previous phase evaluated on the same split: dev and test figures are never paired
-        prev = [x for x in evals[:k] if x.get("split") == e.get("split")]
-        if prev:
-            delta = _delta_html(prev[-1], e)
+    for e in evals:
         cards += (f'<div class="card"><div class="card-label">{_esc(e["label"])} · {_esc(e["mode"])}</div>'
-                  f'<div class="card-value">{_pct(e["headline"])} {delta}</div>'
+                  f'<div class="card-value">{_pct(e["headline"])}</div>{_deltas_html(layout, evals, e)}'
                   f'<div class="card-sub">95% CI {_pct(e["headline_ci"][0])} – {_pct(e["headline_ci"][1])} · '
                   f'strict {_pct(e["accuracy_strict"])} · flexible {_pct(e["accuracy_flexible"])} · n={e["n"]}</div></div>')
     headline = f'<div class="cards">{cards}</div>'
@@ -346,7 +393,7 @@ header .sub { color: var(--muted); font-size: 13px; }
 .card-label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .06em; }
 .card-value { font-size: 30px; font-weight: 700; color: var(--accent); line-height: 1.2; }
 .card-sub { color: var(--muted); font-size: 12px; }
-.card-value .up, .card-value .down, .card-value .flat { font-size: 13px; font-weight: 600; vertical-align: middle; margin-left: 6px; }
+.card-deltas div { font-size: 13px; font-weight: 600; margin: 2px 0; }
 .up { color: #2f7d4f; } .down { color: #b2412c; } .flat { color: #6b7280; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 22px;
           margin-top: 22px; box-shadow: 0 1px 2px rgba(0,0,0,.04); }
@@ -378,6 +425,10 @@ def build_report(run: Path | RunLayout, out_dir: Path | None = None, rollouts_pa
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in CHARTS:  # a chart whose data is gone must not linger next to the new page
         (out_dir / name).unlink(missing_ok=True)
+
+    for o in [*layout.evals(), *layout.rollouts_files(), *layout.prefs_files()]:
+        if o.path.is_file():  # an evaluation without its per-example file is shown without a paired test
+            check_intact(o.path, o.count_key)
 
     notes: list[str] = []
     headline, eval_html, n = _eval_section(layout, out_dir)

@@ -41,10 +41,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from looper_math.config import Config, fingerprint, save_resolved
 from looper_math.engine.api import GenRequest, fast_options, generate_stream, prompt_tokens
-from looper_math.layout import resolved_of, summary_of
+from looper_math.layout import resolved_of, summary_of, write_summary
 from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepare_for_generation
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
-from looper_math.runio import (DataError, JsonlAppender, atomic_write_json, check_output, read_jsonl, resolve_shard,
+from looper_math.runio import (DataError, JsonlAppender, check_output, read_jsonl, resolve_shard,
                                shard_path, take_shard)
 from looper_math.schemas import ROLLOUT_KEY, RolloutRow
 from looper_math.seeds import stable_seed
@@ -182,6 +182,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
                     raise DataError(f"{out}:{i}: rollouts from model={row.get('model')!r} adapter={row.get('adapter')!r}, "
                                     f"but this run uses model={model_id!r} adapter={adapter_id!r} (use --overwrite or another output)")
             save_resolved(cfg, out.parent, resolved_of(out).name)  # only once the old rows are known to fit
+            summary_of(out).unlink(missing_ok=True)  # the file changes from here: complete again once its summary is rewritten
             update_bandit(bandit, old)
             texts_by_q: dict[str, dict[int, str]] = defaultdict(dict)
             for row in old:
@@ -320,7 +321,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
         timing["slot_occupancy"] = engine_stats["busy_slot_steps"] / engine_stats["slot_steps"]
     summary = summarize(all_rows, bandit, run_tokens, seconds, cfg, timing)
     summary["bandit_state"] = bandit.state_dict() if bandit is not None else None
-    atomic_write_json(summary_of(out), summary)
+    summary = write_summary(out, summary)
     print_arm_table(summary)
     print(f"rollouts: {summary['rows']} rows -> {out}; mixed-correctness questions {summary['share_questions_mixed']:.1%}; "
           f"{summary['this_run']['tokens_per_s']} tok/s")

@@ -5,7 +5,8 @@ Rules every phase follows:
   atomic on POSIX), so a crash leaves either the old file or the new one, never half of one.
 - Row outputs (rollouts, eval) are append-only JSONL keyed by a tuple of fields. Each row is written
   as one ``write`` of a complete line followed by flush+fsync. On resume a torn last line (a kill in
-  the middle of a write) is detected, reported and truncated away; rows already there are skipped.
+  the middle of a write) is detected, reported and truncated away; rows already there are skipped; a
+  damaged line before the last is refused (``--overwrite`` rebuilds the file), never dropped.
 - An existing non-empty output is never overwritten or extended unless the user said ``--overwrite``
   or ``--resume``.
 """
@@ -186,7 +187,11 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if mode == "resume" and self.path.exists():
             self.torn_bytes = repair_jsonl(self.path)
-            for i, row in enumerate(read_jsonl(self.path)):
+            try:
+                rows = list(read_jsonl(self.path))
+            except DataError as e:  # a damaged row before the last is data lost mid-file: not ours to drop
+                raise DataError(f"{e}; only a torn last line is repaired on resume: rebuild the file with --overwrite") from None
+            for i, row in enumerate(rows):
                 try:
                     key = tuple(row[k] for k in key_fields)
                 except KeyError as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from looper_math.config import Config, ConfigError, fingerprint
 from looper_math.data import load_split
-from looper_math.layout import rft_rollouts_config
+from looper_math.layout import check_intact, rft_rollouts_config
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
@@ -43,6 +43,7 @@ def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[s
         if not path.exists():
             raise DataError(f"{path}: sft.data uses rft but the rollouts file is missing (run `looper-math rollouts "
                             f"--set rollouts.adapter=none --set rollouts.output=...` first, or `looper-math run`)")
+        check_intact(path, "rows")
         for row in read_rows(path, RolloutRow, ("question_id", "full_text", "correct", "finished", "reward", "gold")):
             if row["correct"] and row["finished"] and (question_ids is None or row["question_id"] in question_ids):
                 by_q.setdefault(row["question_id"], []).append(row)

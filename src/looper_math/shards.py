@@ -27,8 +27,9 @@ from pathlib import Path
 
 from looper_math.errors import UsageError
 from looper_math.layout import resolved_of as _resolved_of
+from looper_math.layout import integrity_problem, write_summary
 from looper_math.layout import summary_of as _summary_of
-from looper_math.runio import DataError, atomic_write_json, atomic_write_text, check_output, merge_shards, read_jsonl, shard_path
+from looper_math.runio import DataError, atomic_write_text, check_output, merge_shards, read_jsonl, shard_path
 from looper_math.schemas import EVAL_KEY, ROLLOUT_KEY
 
 def _check_shards(kind: Kind, output: Path, n: int) -> tuple[list[dict], str, list[dict]]:
@@ -52,6 +53,9 @@ def _check_shards(kind: Kind, output: Path, n: int) -> tuple[list[dict], str, li
         if counted != len(part_rows):
             raise DataError(f"{part}: {len(part_rows)} rows but its summary counts {counted} "
                             f"(shard {i}/{n} not finished); rerun it with --resume")
+        problem = integrity_problem(part, kind.count_key)
+        if problem is not None:
+            raise DataError(f"{problem}; rerun shard {i}/{n} with --overwrite")
         rc = _resolved_of(part)
         if not rc.exists():
             raise DataError(f"{part}: no {rc.name} next to it")
@@ -169,6 +173,6 @@ def merge(kind: str, output: str | Path, n: int, *, overwrite: bool = False) -> 
     summary["this_run"] = run
     summary["merged_from"] = [shard_path(output, (i, n)).name for i in range(n)]
     atomic_write_text(_resolved_of(output), resolved)
-    atomic_write_json(_summary_of(output), summary)
+    summary = write_summary(output, summary)
     spec.say(summary, count, n, output)
     return summary

@@ -28,8 +28,8 @@ from transformers import TrainerCallback
 
 from looper_math.errors import NonFiniteLossError  # noqa: F401 - re-exported (its home is errors.py)
 
-from looper_math.layout import summary_of
-from looper_math.runio import atomic_write_json, share_files
+from looper_math.layout import summary_of, write_summary
+from looper_math.runio import share_files
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -266,7 +266,7 @@ def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
             if f.is_file():
                 os.replace(f, out_dir / f.name)
         shutil.rmtree(tmp)
-        atomic_write_json(summary_of(out_dir), summary)
+        write_summary(out_dir, summary)
     trainer.accelerator.wait_for_everyone()
 
 
