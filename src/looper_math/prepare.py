@@ -187,6 +187,13 @@ def fetch_gguf(src: Path | None = None, path: Path = GGUF_PATH, *, overwrite: bo
     return f"{path}: written from {origin}, sha256 verified"
 
 
+def _need_gguf_package() -> None:
+    try:
+        import gguf  # noqa: F401 - transformers reads GGUF files through it
+    except ImportError:
+        raise ModelError('converting the GGUF needs the gguf package: pip install -e ".[gguf]"') from None
+
+
 def _converted(dest: Path) -> bool:
     """``dest`` is a folder this command converted from the verified GGUF."""
     marker = dest / MARKER
@@ -201,10 +208,6 @@ def prepare_model(src: Path | None = None, dest: Path = MODEL_DIR, gguf: Path = 
     if dest.exists() and not overwrite:
         raise OutputExistsError(f"{dest} exists but was not converted by `looper-math prepare model` (no {MARKER}); "
                                 f"pass --overwrite to replace it")
-    try:
-        import gguf  # noqa: F401 - transformers needs it to read GGUF; checked before a 470 MB download
-    except ImportError:
-        raise ModelError('the gguf package is missing: pip install -e ".[gguf]"') from None
     from looper_math.modeling import convert_gguf
     from looper_math.runio import atomic_write_json, replace_dir
 
@@ -216,8 +219,10 @@ def prepare_model(src: Path | None = None, dest: Path = MODEL_DIR, gguf: Path = 
         got = sha256_file(gguf)
         if got != QWEN05_GGUF_SHA256:
             raise ModelError(f"{gguf}: sha256 {got}, expected {QWEN05_GGUF_SHA256} (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
+        _need_gguf_package()
         done.append(f"{gguf}: sha256 verified")
     else:
+        _need_gguf_package()  # before a 470 MB download
         done.append(fetch_gguf(None, gguf, overwrite=overwrite))
     tmp = dest.with_name(f".{dest.name}.prepare")
     if tmp.exists():
