@@ -197,3 +197,25 @@ def test_a_wrong_gguf_from_a_local_dir_stops_before_converting(tmp_path, monkeyp
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1].startswith("error: src/model.gguf: sha256 "), r.output
     assert not (tmp_path / ".models").exists()
+
+
+def test_an_adapter_recorded_under_another_path_of_the_same_model_folder_loads(tmp_path):
+    """The GPU machine links .models/qwen05 to /root/m/qwen05: adapters trained under the old path stay usable."""
+    from looper_math.config import load_config
+    from looper_math.errors import ModelError as Err
+    from looper_math.modeling import check_adapter
+
+    (tmp_path / "m" / "qwen05").mkdir(parents=True)
+    (tmp_path / ".models").mkdir()
+    (tmp_path / ".models" / "qwen05").symlink_to(tmp_path / "m" / "qwen05")
+    a = tmp_path / "adapter"
+    a.mkdir()
+    (a / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (a / "adapter_model.safetensors").write_bytes(b"")
+    (a / "looper_base_model.json").write_text(json.dumps({"base_model": str(tmp_path / "m" / "qwen05")}))
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"model.name_or_path={tmp_path / '.models' / 'qwen05'}"])
+    assert check_adapter(a, cfg)["peft_type"] == "LORA"
+    (tmp_path / "other").mkdir()
+    cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"model.name_or_path={tmp_path / 'other'}"])
+    with pytest.raises(Err, match="adapter was trained on base model"):
+        check_adapter(a, cfg)
