@@ -3,7 +3,7 @@
 # (real 0.5B model, no adapter, the 300-question dev split) with engine=hf and engine=fast, then
 # `looper-math compare` (exact McNemar) and the share of identical completions.
 #
-#   OUT=... bash bench/eval_engines.sh [--set key=value ...]     # GPU machine, model at /root/m/qwen05
+#   OUT=... bash bench/eval_engines.sh [--set key=value ...]     # GPU machine, model at .models/qwen05 (looper-math prepare model, or ln -s /root/m/qwen05 .models/qwen05)
 # Env: CFG (configs/qwen05_gpu.yaml), R (runs/evalcmp), ADAPTER (none). Writes $OUT/eval_engines.json.
 set -uo pipefail
 OUT="${OUT:?set OUT}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; R="${R:-runs/evalcmp}"; ADAPTER="${ADAPTER:-none}"

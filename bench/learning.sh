@@ -2,12 +2,17 @@
 # Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
 # split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
 #
-#   OUT=... bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root, model parts in $M)
+#   [OUT=DIR] bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root)
 #
+# Needs the files of configs/qwen05_gpu.yaml: `looper-math prepare` (GSM8K in .gsm8k/, the model in .models/qwen05),
+# or on a machine without network the carried .gsm8k/ and the model's parts + SHA256 in $M (device_env.sh joins,
+# checks and converts them, and links .models/qwen05 to $M/qwen05). A missing file or CUDA device stops it first.
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
 # finished steps are skipped without starting Python (their summary exists), a step cut by the deadline
-# resumes from its last checkpoint.
+# resumes from its last checkpoint. Exit status: 0 complete, 3 cut by the deadline (call it again), 1 a step
+# failed (the last line names it and its first error line; the full output is in the log or $R/logs/), 2 a
+# missing file or device. The results go to $OUT/stage<STAGE>.tgz (OUT default: runs/learning).
 #   main       (three calls of < 10 min with the model conversion; jobs that need no result of each other share
 #              the GPU side by side: `bg`/`join` in stage_lib.sh; that saves little, the GPU is busy either way)
 #              seed 1 (runs/qwen05): base rollouts (eval prompt) -> RFT SFT; GRPO (one round of 70 steps, binary
@@ -30,10 +35,10 @@
 #              (outputs/round2_choice.txt). One call of < 10 min with the conversion.
 #   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
 # The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
-# Env: CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
+# Env: OUT (runs/learning), CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
 STAGE="${1:?stage main|seed1|seed2|ablations|gated|round2|dpo}"; DEADLINE="${2:-560}"
-OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
+OUT="${OUT:-runs/learning}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
 S2="${S2:-runs/qwen05_seed2}"   # seed 2's run dir (PACK_DIRS: packed beside $R)
 export PACK_DIRS="$S2"
 source "$(dirname "$0")/stage_lib.sh"
@@ -66,12 +71,14 @@ chosen() { sed -n 's/^chosen //p' "$R/outputs/lr_choice.txt" 2>/dev/null; }
 grpo2() { have "$S2/checkpoints/grpo_lora" ||
   step $L grpo -c "$CFG" "${SEED2[@]}" --set grpo.learning_rate="$1" --resume; }
 seed1() {  # SFT; GRPO at each LRS candidate side by side; dev evals; pick; base, SFT and the chosen GRPO on test
-  [ -n "${1:-}" ] && bg sft2 sft2; bg sft1 sft1; join
-  for lr in $LRS; do bg "grpo_lr$lr" cand "$lr"; done; join
+  [ -n "${1:-}" ] && bg sft2 sft2; bg sft1 sft1; join || return 1   # a failed or cut job: the next steps need it
+  for lr in $LRS; do bg "grpo_lr$lr" cand "$lr"; done; join || return 1
   bg base_dev evaldev base none; bg sft_dev evaldev sft sft
   for lr in $LRS; do bg "grpo_lr${lr}_dev" evaldev "grpo_lr$lr" "$R/checkpoints/grpo_lr$lr"; done; join
   for lr in $LRS; do cmp sft_dev_eval "grpo_lr${lr}_dev_eval"; done
-  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$(pick) || { FAILED=1; echo "=== no pick: candidates unfinished"; return 1; }
+  local lr; lr=$(chosen); [ -n "$lr" ] || lr=$(pick) || {   # unfinished candidates: a cut or failure said so already
+    [ -n "$FIRST" ] || { FAILED=1; FIRST=fail; FIRST_ERR="pick: no dev eval summary for every LRS candidate"; }
+    echo "=== no pick: candidates unfinished"; return 1; }
   echo "=== chosen grpo.learning_rate $lr"; cat "$R/outputs/lr_choice.txt"
   [ -n "${1:-}" ] && bg seed2_grpo grpo2 "$lr"
   bg base_test evaltest base none; bg sft_test evaltest sft sft; bg grpo_test evaltest grpo "$R/checkpoints/grpo_lr$lr"; join
@@ -80,7 +87,7 @@ seed1() {  # SFT; GRPO at each LRS candidate side by side; dev evals; pick; base
 }
 seed2() {  # seed 2 at seed 1's chosen learning rate (the config's when seed 1 has not chosen), its evals
   local lr; lr=$(chosen); [ -n "$lr" ] || lr=$CFG_LR
-  bg sft2 sft2; join; bg seed2_grpo grpo2 "$lr"; join
+  bg sft2 sft2; join || return 1; bg seed2_grpo grpo2 "$lr"; join || return 1
   bg s2_gt evaltest seed2_grpo "$S2/checkpoints/grpo_lora"; bg s2_st evaltest seed2_sft "$S2/checkpoints/sft_lora"
   bg s2_sd evaldev seed2_sft "$S2/checkpoints/sft_lora"; bg s2_gd evaldev seed2_grpo "$S2/checkpoints/grpo_lora"; join
   cmp base_test_eval seed2_grpo_test_eval; cmp grpo_test_eval seed2_grpo_test_eval

@@ -4,7 +4,7 @@
 # distributed sampler, the same examples per step); then rollouts with the 1-GPU adapter in one
 # process vs 2 processes (auto-sharded from RANK/WORLD_SIZE), merged, keys compared.
 #
-#   OUT=... bash bench/multigpu.sh [--set key=value ...]     # GPU machine, model converted at /root/m/qwen05
+#   OUT=... bash bench/multigpu.sh [--set key=value ...]     # GPU machine, model at .models/qwen05 (looper-math prepare model, or ln -s /root/m/qwen05 .models/qwen05)
 #   OUT=... CFG=... ACCEL="--multi_gpu --mixed_precision no" bash bench/multigpu.sh --set ...   # CPU smoke test
 # Env: CFG (configs/qwen05_gpu.yaml), STEPS (60), LIMIT (160 questions x k), R (runs/multigpu), B1/B2 (per-GPU
 # batch on 1 / 2 GPUs, 16/8),

@@ -323,6 +323,16 @@ def convert_gguf_cmd(src: Annotated[Path, typer.Argument(help="Folder holding th
 ALIAS_CONFIG_HELP = "YAML config (default for this original command: the embedded configs/abel7b.yaml)."
 
 
+@app.command()
+def prepare(what: Annotated[str, typer.Argument(help="gsm8k | gguf (the checked GGUF only) | model | all.")] = "all",
+            src: Annotated[Path | None, typer.Option("--from", help="Local folder: train.jsonl + test.jsonl (gsm8k) or model.gguf (gguf, model) instead of the network.")] = None,
+            overwrite: OverwriteOpt = False):
+    """Fetch, verify (sha256) and place GSM8K (.gsm8k/) and the 0.5B model (.models/qwen05) that configs/qwen05_gpu.yaml reads."""
+    from looper_math.prepare import prepare as do_prepare
+
+    _guard(lambda: print("\n".join(do_prepare(what, src, overwrite=overwrite))), again=RERUN)
+
+
 def alias(command: str, *fixed: str) -> None:
     """Entry of the original ``python -m src....`` commands: ``looper-math COMMAND`` with abel7b.yaml by default."""
     argv = list(sys.argv[1:])

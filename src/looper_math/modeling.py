@@ -191,6 +191,12 @@ def adapter_path(cfg, which: str | None) -> Path | None:
     return Path(which)
 
 
+def _same_base_model(made_for: str, name: str) -> bool:
+    """One name, or two paths of one local folder: bench/device_env.sh links .models/qwen05 (the config's path since
+    `looper-math prepare`) to /root/m/qwen05, the path the adapters of earlier sessions record."""
+    return made_for == name or (Path(made_for).exists() and Path(made_for).resolve() == Path(name).resolve())
+
+
 def check_adapter(path: Path, cfg) -> dict:
     """Validate an adapter folder before loading: exists, safetensors, made for this base model."""
     conf = path / "adapter_config.json"
@@ -202,7 +208,7 @@ def check_adapter(path: Path, cfg) -> dict:
     marker = path / "looper_base_model.json"
     if marker.exists():
         made_for = json.loads(marker.read_text()).get("base_model")
-        if made_for != cfg.model.name_or_path:
+        if not _same_base_model(made_for, cfg.model.name_or_path):
             raise ModelError(f"{path}: adapter was trained on base model '{made_for}', config says '{cfg.model.name_or_path}'")
     return meta
 
