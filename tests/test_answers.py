@@ -10,7 +10,9 @@ from looper_math.answers import (
     answers_equal,
     cut_at_new_question,
     extract_answer,
+    extract_answers,
     gold_answer,
+    hedged,
     normalize_number,
 )
 
@@ -101,9 +103,10 @@ EXTRACT_CASES = [
     ("#### 50%", "50", "50"),
     ("#### 3/4", "0.75", "0.75"),
     ("#### 8,000", "8000", "8000"),
-    # multiple #### lines: take the last one that carries a number
-    ("#### 5\nWait, I made a mistake.\n#### 6", "6", "6"),
+    # multiple #### lines: they must agree (else hedged, see HEDGE_CASES); a line without a number is no answer
+    ("#### 5\nWait, I made a mistake.\n#### 6", None, None),
     ("#### 5\n#### none", "5", "5"),
+    ("#### 1,000\n#### 1000.", "1000", "1000"),
     # run-on into a new question (Abel cuts at "Question")
     ("2+2=4\n#### 4\n\nQuestion: How many apples?\nAnswer: #### 99", "4", "4"),
     ("She has 4 apples.\nQuestion: next one has 99", None, "4"),
@@ -240,6 +243,42 @@ def test_every_gsm8k_gold_answer_parses():
                 assert extract_answer(row["answer"], "flexible") == g, (split, lineno)
                 n += 1
     assert n == 7473 + 1319
+
+
+# (text, hedged, strict, flexible): a completion whose #### N and \\boxed{N} answers disagree has no answer (issue 24)
+HEDGE_CASES = [
+    # disagreeing: no answer in either mode, so wrong whatever the gold (5 or 6)
+    ("So \\boxed{5}.\n#### 6", True, None, None),
+    ("#### 6\nso the answer is \\boxed{5}", True, None, None),
+    ("\\boxed{-2}\n#### 2", True, None, None),  # seen in committed evals: sign dropped on the #### line
+    ("\\boxed{37.50}\n#### 37", True, None, None),  # seen: the box's decimal rounded on the #### line
+    ("\\boxed{20} boys and \\boxed{30} girls", True, None, None),  # several boxes disagreeing
+    ("\\boxed{20} boys, \\boxed{30} girls\n#### 30", True, None, None),
+    ("#### 5\n#### 6", True, None, None),  # several #### lines disagreeing
+    # agreeing (numeric equality, answers_equal): as before
+    ("So \\boxed{5}.\n#### 5", False, "5", "5"),
+    ("\\boxed{1,000}\n#### 1000", False, "1000", "1000"),
+    ("\\boxed{\\$1{,}000.00}\n#### $1,000", False, "1000", "1000"),
+    ("\\boxed{5.0}\n#### 5", False, "5", "5"),
+    ("\\boxed{\\frac{1}{2}}\n#### 0.5", False, "0.5", "0.5"),
+    ("\\boxed{7} and again \\boxed{7}", False, None, "7"),
+    # only one of the two: unchanged
+    ("So \\boxed{5}.", False, None, "5"),
+    ("#### 6", False, "6", "6"),
+    # what is not a stated answer does not hedge: a box without a number, "The answer is", a run-on question
+    ("\\boxed{x + y}\n#### 6", False, "6", "6"),
+    ("The answer is 7.\n#### 6", False, "6", "6"),
+    ("#### 5\nQuestion: next?\n\\boxed{6}", False, "5", "5"),
+]
+
+
+@pytest.mark.parametrize("text,is_hedged,strict,flexible", HEDGE_CASES)
+def test_hedged_answers_are_no_answer(text, is_hedged, strict, flexible):
+    assert hedged(text) is is_hedged
+    assert extract_answers(text) == (strict, flexible, is_hedged)
+    assert (extract_answer(text, "strict"), extract_answer(text, "flexible")) == (strict, flexible)
+    for gold in ("5", "6"):  # a hedged completion is right for no gold
+        assert not is_hedged or not answers_equal(extract_answer(text, "flexible"), gold)
 
 
 def test_boxed_nesting():

@@ -50,7 +50,7 @@ PAIR_FIELDS = {"prompt", "chosen", "rejected", "question_id", "pair_type", "chos
                "rejected_sample_idx"}
 EVAL_SUMMARY_KEYS = {"n", "checkpoint", "model", "accuracy", "ci95", "accuracy_strict", "ci95_strict",
                      "accuracy_flexible", "ci95_flexible", "by_cleaning_status", "extraction_failures_strict",
-                     "extraction_failures_flexible", "unfinished", "mean_tokens", "total_tokens", "this_run",
+                     "extraction_failures_flexible", "hedged", "unfinished", "mean_tokens", "total_tokens", "this_run",
                      "finish_reasons", "answer_mode", "split", "data"}
 
 
@@ -129,7 +129,7 @@ def test_pipeline_runs_every_phase(run):
 
 @pytest.mark.parametrize("which", ["none", "sft", "dpo"])
 def test_eval_rows_and_summary(run, which):
-    from looper_math.answers import extract_answer
+    from looper_math.answers import extract_answer, extract_answers
     from looper_math.data import load_split
     from looper_math.evaluate import EVAL_FIELDS, default_output, summary_path
 
@@ -170,6 +170,8 @@ def test_eval_rows_and_summary(run, which):
         assert set(st) == {"correct", "n", "accuracy", "ci95"}
     assert s["extraction_failures_strict"] == sum(r["extracted_strict"] is None for r in rows)
     assert s["extraction_failures_flexible"] == sum(r["extracted_flexible"] is None for r in rows)
+    assert s["hedged"] == sum(r["hedged"] for r in rows)
+    assert all(r["hedged"] == extract_answers(r["prediction"]).hedged for r in rows)
     assert s["unfinished"] == sum(not r["finished"] for r in rows)
     assert sum(s["finish_reasons"].values()) == n
     assert s["total_tokens"] == sum(r["num_tokens"] for r in rows) == s["this_run"]["tokens"]

@@ -143,3 +143,60 @@ def test_eval_under_the_platinum_protocol_grades_with_its_parser(smoke_cfg):
     for r in rows:
         assert r["extracted"] == platinum_parse(r["prediction"])
         assert r["correct"] == platinum_correct(r["extracted"], r["gold"])
+
+
+HEDGED = "5 + 1 = 6, or maybe 5.\nSo \\boxed{5}.\n#### 6"
+
+
+@pytest.mark.parametrize("mode", ["strict", "flexible"])
+def test_a_hedged_completion_is_wrong_in_eval_whatever_the_gold(mode):
+    task = GSM8K("abel", mode, "default")
+    for gold in ("5", "6"):
+        g = task.grade(HEDGED, gold)
+        assert g.hedged and (g.extracted, g.extracted_strict, g.extracted_flexible) == (None, None, None)
+        assert (g.correct, g.correct_strict, g.correct_flexible) == (False, False, False)
+    g = task.grade("So \\boxed{5}.\n#### 5", "5")  # agreeing: right, as before
+    assert not g.hedged and (g.extracted, g.correct, g.correct_strict, g.correct_flexible) == ("5", True, True, True)
+    g = task.grade("\\boxed{1,000}\n#### 1000", "1000")
+    assert not g.hedged and g.correct
+
+
+def test_rewards_and_eval_give_a_hedged_completion_the_same_verdict():
+    """The GRPO reward functions, the rollouts' `correct` (task.is_correct of score_group's answer) and eval's
+    grade all call the one extractor: a hedged completion is wrong in each, an agreeing one right in each."""
+    from looper_math.config import load_config
+    from looper_math.grpo import grpo_reward
+    from looper_math.regime_w.scoring import score_group
+
+    q = "Tom has 5 apples and buys 1 more. How many apples does he have?"
+    ref = "5+1=<<5+1=6>>6\n#### 6"
+    agreeing = "5 + 1 = 6\nSo \\boxed{6}.\n#### 6"
+    texts = [HEDGED, agreeing]
+    batch = dict(prompts=[q] * 2, completions=texts, completion_ids=[[1] * 10] * 2, question=[q] * 2,
+                 answer=[ref] * 2, gold=["6"] * 2, question_id=["q"] * 2)
+    for mode in ("strict", "flexible"):
+        cfg = load_config(None, [f"eval.answer_mode={mode}", "regime_w.alpha_correct=1.0"])
+        task = GSM8K.from_config(cfg)
+        verdicts = [task.grade(t, "6").correct for t in texts]
+        assert verdicts == [False, True]
+        assert grpo_reward(cfg)(**batch) == [0.0, 1.0]  # correctness: alpha_correct * correct
+        gated = grpo_reward(load_config(None, [f"eval.answer_mode={mode}", "grpo.reward=regime_w_gated"]))(**batch)
+        assert gated[0] == 0.0 and gated[1] > 0.0
+        # rollouts: score_group gets the task's answers (or extracts in answer_mode itself); `correct` is is_correct
+        for answers in ([task.extract(t) for t in texts], None):
+            scored = score_group(q, texts, ref, answers=answers, answer_mode=mode)
+            assert [task.is_correct(s["answer"], "6") for s in scored] == verdicts
+            assert scored[0]["answer"] is None and scored[0]["s_end"] == 0.0  # no answer: agrees with no peer
+
+
+def test_eval_summary_counts_hedged_rows():
+    from looper_math.config import load_config
+    from looper_math.evaluate import summarize
+
+    task = GSM8K()
+    rows = [dict(task.grade(t, "6").fields(), cleaning_status="n/a", num_tokens=5, finished=True)
+            for t in (HEDGED, "#### 6", "\\boxed{6}\n#### 7")]
+    legacy = {k: v for k, v in rows[1].items() if k != "hedged"}  # written before the field existed
+    s = summarize(rows + [legacy], checkpoint="c", cfg=load_config(None), run_tokens=0, run_seconds=1.0)
+    assert (s["hedged"], s["n"], s["accuracy"]) == (2, 4, 0.5)
+    assert s["extraction_failures_strict"] == s["extraction_failures_flexible"] == 2

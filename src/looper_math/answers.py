@@ -6,8 +6,8 @@ Conventions mirrored (EleutherAI lm-evaluation-harness gsm8k task; GSM8K-Platinu
   trailing ``.``. We keep its idea (the number on the ``####`` line) but are tolerant of ``$``,
   thousands commas, spaces, ``-$38,000``, decimals, markdown bold and text after the number
   (``#### 18 dollars``). Differences: lm-eval takes the *first* match; we take the *last* ``####``
-  line that carries a number (a model that revises itself means its last one), and we only read a
-  comma as a thousands separator (``1,000``), so ``8,000`` is 8000 and never ``000``.
+  line that carries a number (they can differ only in spelling: see hedged answers below), and we only
+  read a comma as a thousands separator (``1,000``), so ``8,000`` is 8000 and never ``000``.
 - **lm-evaluation-harness gsm8k** ``flexible-extract``: ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match.
   Our last-resort fallback takes the last number token too, with the same thousands-comma rule as
   above (lm-eval would read ``1,2,3`` as 123; we read 3) and a ``-`` only counts as a sign when it is
@@ -19,6 +19,16 @@ Conventions mirrored (EleutherAI lm-evaluation-harness gsm8k task; GSM8K-Platinu
   line; strips ``*``, ``#``, ``,``; drops ``.0+$``; compares as floats. Our flexible mode tries
   ``The answer is N`` / ``Answer: N``, then ``\\boxed{N}``, then the last number; ``answers_equal``
   compares as floats with a tiny tolerance after normalizing (so ``5.0`` == ``5``).
+
+Hedged answers (issue 24; ours, no upstream evaluator does this): a completion's *stated* final answers
+are the numbers of its ``#### N`` lines and of its ``\\boxed{N}`` contents (after the ``Question:`` cut).
+When two of them differ (``answers_equal``), as in ``\\boxed{5}`` then ``#### 6``, or ``\\boxed{20}`` boys
+and ``\\boxed{30}`` girls, or ``#### 5`` revised to ``#### 6``, the completion is ``hedged``: it has no
+answer, in both modes (``extract_answer`` gives None), so it is wrong wherever it is graded (eval, the
+rollouts' ``correct``, GRPO rewards, s_end's peer agreement): a grader that reads one marker must not
+reward a completion that says something else with the other. Stated answers that agree
+(``\\boxed{1,000}`` and ``#### 1000``) change nothing, nor does a box or ``####`` line with no number,
+nor "The answer is N" (prose, not a final-answer marker). ``hedged(text)`` says whether this happened.
 
 Normal form (``normalize_number``): a plain decimal string with no ``$``, commas, ``+``, exponent,
 trailing zeros or trailing ``.``: ``"$1,234.50" -> "1234.5"``, ``"-$38,000" -> "-38000"``,
@@ -32,11 +42,14 @@ import math
 import re
 from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
+from typing import NamedTuple
 
 __all__ = [
     "normalize_number",
     "extract_answer",
     "extract_answers",
+    "Answers",
+    "hedged",
     "cut_at_new_question",
     "answers_equal",
     "gold_answer",
@@ -196,13 +209,9 @@ def _first_number(s: str) -> str | None:
     return _token_value(m, s)
 
 
-def _strict(text: str) -> str | None:
-    found = None
-    for m in _HASH_LINE.finditer(text):
-        v = _first_number(m.group("rest"))
-        if v is not None:
-            found = v
-    return found
+def _hash_values(text: str) -> list[str]:
+    """The numbers of the ``####`` lines that carry one, in order."""
+    return [v for m in _HASH_LINE.finditer(text) if (v := _first_number(m.group("rest"))) is not None]
 
 
 def _answer_is(text: str) -> str | None:
@@ -229,8 +238,9 @@ def _boxed_contents(text: str) -> list[str]:
     return [text[s : close[s]] for s in starts if s in close]
 
 
-def _boxed(text: str) -> str | None:
-    found = None
+def _boxed_values(text: str) -> list[str]:
+    """The numbers of the ``\\boxed{}`` contents that carry one, in order."""
+    found = []
     for content in _boxed_contents(text):
         c = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", content)
         c = re.sub(r"\\text\{[^{}]*\}|\\(?:mathrm|textbf)\{([^{}]*)\}", r"\1", c)
@@ -238,7 +248,7 @@ def _boxed(text: str) -> str | None:
         m = _TOKEN.search(c)
         v = _token_value(m, c) if m else None
         if v is not None:
-            found = v
+            found.append(v)
     return found
 
 
@@ -251,6 +261,35 @@ def _last_number(text: str) -> str | None:
     return _token_value(last, text) if last else None
 
 
+class Answers(NamedTuple):
+    """One completion read once: its strict and flexible extractions, and whether it is hedged."""
+
+    strict: str | None
+    flexible: str | None
+    hedged: bool  # its stated answers (#### lines, \boxed{}) disagree; then strict and flexible are None
+
+
+def extract_answers(text: str) -> Answers:
+    """Both extractions of one completion, reading it once:
+    ``extract_answers(t)[:2] == (extract_answer(t, "strict"), extract_answer(t, "flexible"))``."""
+    if not text:
+        return Answers(None, None, False)
+    t = _clean(cut_at_new_question(text))
+    hashes, boxes = _hash_values(t), _boxed_values(t)
+    stated = hashes + boxes
+    if any(not answers_equal(v, stated[-1]) for v in stated):
+        return Answers(None, None, True)
+    if hashes:
+        return Answers(hashes[-1], hashes[-1], False)
+    # flexible fallbacks after the #### line failed: "answer is", then \boxed{}, then the last number
+    flexible = _answer_is(t)
+    if flexible is None and boxes:
+        flexible = boxes[-1]
+    if flexible is None:
+        flexible = _last_number(t)
+    return Answers(None, flexible, False)
+
+
 def extract_answer(text: str, mode: str = "strict") -> str | None:
     """Extract the final numeric answer of a completion, normalized, or None.
 
@@ -258,36 +297,18 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
     tolerant of ``$``, commas, a trailing ``.``, spaces, negatives, decimals and trailing text).
     ``flexible``: strict, else the last "The answer is N" / "Answer: N" (GSM8K-Platinum), else the
     last ``\\boxed{N}``, else the last number in the text (lm-eval flexible-extract).
-    Both modes first cut the text at a new ``Question:`` line (Abel).
+    Both modes first cut the text at a new ``Question:`` line (Abel), and give None for a hedged
+    completion (its ``####`` and ``\\boxed{}`` numbers disagree; see the module docstring).
     """
     if mode not in ("strict", "flexible"):
         raise ValueError(f"mode must be 'strict' or 'flexible', not {mode!r}")
-    if not text:
-        return None
-    t = _clean(cut_at_new_question(text))
-    v = _strict(t)
-    if v is not None or mode == "strict":
-        return v
-    return _fallback(t)
+    strict, flexible, _ = extract_answers(text)
+    return strict if mode == "strict" else flexible
 
 
-def _fallback(t: str) -> str | None:
-    """Flexible mode after the ``####`` line failed: "answer is", then ``\\boxed{}``, then the last number."""
-    for f in (_answer_is, _boxed, _last_number):
-        v = f(t)
-        if v is not None:
-            return v
-    return None
-
-
-def extract_answers(text: str) -> tuple[str | None, str | None]:
-    """(strict, flexible) extractions of one completion, reading the ``####`` lines once:
-    ``extract_answers(t) == (extract_answer(t, "strict"), extract_answer(t, "flexible"))``."""
-    if not text:
-        return None, None
-    t = _clean(cut_at_new_question(text))
-    strict = _strict(t)
-    return (strict, strict) if strict is not None else (None, _fallback(t))
+def hedged(text: str) -> bool:
+    """Whether a completion's stated answers (``#### N`` lines, ``\\boxed{N}``) disagree (it then has no answer)."""
+    return extract_answers(text).hedged
 
 
 def _to_float(s: str) -> float | None:

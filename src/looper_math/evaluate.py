@@ -6,7 +6,8 @@ src.eval.eval_abel_sft_platinum`` and ``src.eval.eval_abel_coherence_platinum``)
 Greedy decoding, batched with left padding (same outputs as one at a time; tested). Prompts and grading
 come from the task (``task.GSM8K``, ``eval.protocol``): both extraction pipelines are reported under their
 own names, lm-evaluation-harness style (``strict`` reads the ``#### N`` line, ``flexible`` falls back to
-"The answer is", ``\\boxed{}`` and the last number); the headline ``correct`` (and ``extracted``) uses
+"The answer is", ``\\boxed{}`` and the last number; a hedged completion, whose ``#### N`` and ``\\boxed{N}``
+disagree, has neither and is wrong: ``answers.hedged``, the row's ``hedged``); the headline ``correct`` (and ``extracted``) uses
 ``eval.answer_mode``, or the GSM8K-Platinum harness's parser under ``eval.protocol: platinum`` (the same
 grading rollouts use for rewards).
 
@@ -62,6 +63,9 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
         "by_cleaning_status": {s: acc("correct", rs) for s, rs in sorted(by_status.items())},
         "extraction_failures_strict": sum(r["extracted_strict"] is None for r in rows),
         "extraction_failures_flexible": sum(r["extracted_flexible"] is None for r in rows),
+        # hedged rows (answers.hedged) are wrong and among the extraction failures; rows written before the
+        # field existed (schemas.EvalRow: NotRequired) count as not hedged
+        "hedged": sum(r.get("hedged", False) for r in rows),
         "unfinished": sum(not r["finished"] for r in rows),
         "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
         "total_tokens": sum(r["num_tokens"] for r in rows),

@@ -80,6 +80,7 @@ class EvalRow(TypedDict):
     correct: bool  # per eval.protocol / eval.answer_mode
     correct_strict: bool
     correct_flexible: bool
+    hedged: NotRequired[bool]  # its #### N and \boxed{N} answers disagree (answers.hedged): graded wrong; rows written before lack it
     cleaning_status: str
     num_tokens: int
     finished: bool

@@ -5,12 +5,16 @@ thing in a reward and in an accuracy. Two evaluation protocols (``eval.protocol`
 
 - ``default`` (this project's): the prompt of ``model.prompt_format`` (``prompts.build_prompt``); ``correct``
   from ``eval.answer_mode`` (``strict``: the ``#### N`` line; ``flexible``: then "The answer is", ``\\boxed{}``,
-  the last number; see ``answers``). Both extractions are recorded.
+  the last number; see ``answers``). Both extractions are recorded. A hedged completion (its ``#### N`` and
+  ``\\boxed{N}`` answers disagree, ``answers.hedged``) has no answer in either mode, so it is wrong in eval, in
+  the rollouts' ``correct`` and in GRPO rewards alike: the rule lives in the extractor they all call.
 - ``platinum``: the GSM8K-Platinum authors' harness (MadryLab/platinum-benchmarks,
   ``src/run_gsm8k_platinum.py`` with ``utils.get_parse_fn("math")``), to compare with their published
   numbers: the question inside :data:`PLATINUM_TEMPLATE` (the user turn for ``chat`` models, the raw prompt
   otherwise), parsed by :func:`platinum_parse` and compared as floats with the gold (:func:`platinum_correct`).
   The Regime W arm prompts (rollouts) keep their own instruction; only the evaluation prompt changes.
+  ``correct`` here is the harness's verdict, hedged or not (its numbers are the published ones'); the row's
+  ``hedged``, ``correct_strict`` and ``correct_flexible`` still follow ``answers``.
 
 Each completion is extracted once per use: :meth:`GSM8K.grade` reads the ``####`` lines once for both
 modes (``answers.extract_answers``); rollouts pass the group's answers to ``score_group``.
@@ -77,6 +81,7 @@ class Grade:
     correct: bool
     correct_strict: bool
     correct_flexible: bool
+    hedged: bool  # the stated answers (#### N, \boxed{N}) disagree: no extraction, wrong (``answers.hedged``)
 
     def fields(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,11 +145,11 @@ class GSM8K:
         return answers_equal(answer, gold)
 
     def grade(self, text: str, gold: str) -> Grade:
-        strict, flexible = extract_answers(text)
+        strict, flexible, hedged = extract_answers(text)
         c_strict, c_flex = answers_equal(strict, gold), answers_equal(flexible, gold)
         if self.protocol == "platinum":
             extracted = platinum_parse(text)
             correct = platinum_correct(extracted, gold)
         else:
             extracted, correct = (strict, c_strict) if self.answer_mode == "strict" else (flexible, c_flex)
-        return Grade(extracted, strict, flexible, correct, c_strict, c_flex)
+        return Grade(extracted, strict, flexible, correct, c_strict, c_flex, hedged)
