@@ -71,12 +71,15 @@ def _eval_pair(root, sft: list[bool], dpo: list[bool]) -> str:
 
     out = root / "outputs"
     out.mkdir(parents=True)
+    ck = {name: root / "ck" / name for name in ("sft", "dpo")}
+    ck["dpo"].mkdir(parents=True)  # the report compares a checkpoint with what its train summary says it came from
+    (ck["dpo"] / "train_summary.json").write_text(json.dumps({"phase": "dpo", "init_adapter": str(ck["sft"])}))
     for name, correct in (("sft", sft), ("dpo", dpo)):
         (out / f"{name}_eval.jsonl").write_text("".join(
-            json.dumps({"question_id": i, "correct": c, "checkpoint": f"/ck/{name}"}) + "\n" for i, c in enumerate(correct)))
+            json.dumps({"question_id": i, "correct": c, "checkpoint": str(ck[name])}) + "\n" for i, c in enumerate(correct)))
         acc = sum(correct) / len(correct)
         (out / f"{name}_eval.summary.json").write_text(json.dumps(
-            {"accuracy_strict": acc, "accuracy_flexible": acc, "ci95_strict": [0.0, 1.0], "n": len(correct), "checkpoint": f"/ck/{name}"}))
+            {"accuracy_strict": acc, "accuracy_flexible": acc, "ci95_strict": [0.0, 1.0], "n": len(correct), "checkpoint": str(ck[name])}))
     return build_report(root).read_text()
 
 
@@ -84,24 +87,24 @@ def test_report_zero_delta_is_not_a_gain(tmp_path):
     sft = [True] * 5 + [False] * 5 + [True] * 40 + [False] * 50
     dpo = [False] * 5 + [True] * 5 + [True] * 40 + [False] * 50  # 5 flips each way: +0.0, p = 1
     page = _eval_pair(tmp_path, sft, dpo)
-    span = re.search(r'<span class="(\w+)">([^<]*pts vs sft[^<]*)</span>', page)
+    span = re.search(r'<div class="(\w+)">([^<]*pts vs sft[^<]*)</div>', page)
     assert span and span.group(1) == "flat", span and span.group(0)
-    assert "+0.0 pts vs sft, McNemar p = 1 (not significant)" in span.group(2), span.group(2)
+    assert "+0.0 pts vs sft (parent), McNemar p = 1 (not significant)" in span.group(2), span.group(2)
 
 
 def test_report_small_gain_shows_p_and_not_significant(tmp_path):
     sft = [True] * 50 + [False] * 50
     dpo = [True] * 52 + [False] * 48  # 2 discordant pairs, both to dpo: p = 0.5
     page = _eval_pair(tmp_path, sft, dpo)
-    span = re.search(r'<span class="(\w+)">([^<]*pts vs sft[^<]*)</span>', page)
-    assert span and span.group(1) == "flat" and "+2.0 pts vs sft, McNemar p = 0.5 (not significant)" in span.group(2), span.group(0)
+    span = re.search(r'<div class="(\w+)">([^<]*pts vs sft[^<]*)</div>', page)
+    assert span and span.group(1) == "flat" and "+2.0 pts vs sft (parent), McNemar p = 0.5 (not significant)" in span.group(2), span.group(0)
 
 
 def test_report_significant_gain_is_green(tmp_path):
     sft = [True] * 40 + [False] * 60
     dpo = [True] * 52 + [False] * 48  # 12 discordant, all to dpo: p = 2 / 2**12
     page = _eval_pair(tmp_path, sft, dpo)
-    span = re.search(r'<span class="(\w+)">([^<]*pts vs sft[^<]*)</span>', page)
+    span = re.search(r'<div class="(\w+)">([^<]*pts vs sft[^<]*)</div>', page)
     assert span and span.group(1) == "up" and "McNemar p = 0.000488 (significant)" in span.group(2), span.group(0)
 
 
