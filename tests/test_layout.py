@@ -136,7 +136,7 @@ def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path)
     from looper_math.layout import RunLayout
     from looper_math.pipeline import phases
 
-    assert load_config(REPO / "configs" / "qwen05_gpu.yaml").rounds == 1  # the measured recipe: one 70-step round
+    assert load_config(REPO / "configs" / "qwen05_gpu.yaml").rounds == 1  # the measured recipe: one GRPO round
     cfg = load_config(REPO / "configs" / "qwen05_gpu.yaml", [f"run_dir={tmp_path}", "rounds=2"])
     assert cfg.policy == "grpo" and cfg.rounds == 2
     lay = RunLayout(cfg, rounds=cfg.rounds)
