@@ -1,4 +1,4 @@
-"""Issue 24: re-grade the committed per-example evals with the hedged-answer rule and count what changes.
+"""Re-grade the committed per-example evals with the hedged-answer rule and count what changes.
 
 A completion whose ``#### N`` and ``\\boxed{N}`` answers disagree (or several of either do) is now wrong
 (``looper_math.answers``, module docstring). This reads every committed eval JSONL
@@ -8,7 +8,8 @@ rows whose ``correct`` flips (right -> wrong, wrong -> right) and the accuracy b
 ``other`` counts rows whose verdict changed though they are not hedged: grading changes other than this
 one, expected 0 (a non-zero count would also reveal a wrong ``--answer-mode``). Hedged rows are split by
 kind: boxes disagreeing among themselves, ``####`` lines among themselves, or only a box against a
-``####`` line.
+``####`` line (the rule compares the last box with the last ``####`` line only, so the first two are 0;
+they were not under the first version of the rule, which also hedged several disagreeing boxes or lines).
 
     PYTHONPATH=src python bench/regrade_hedged.py > bench/results/hedged_regrade.txt
 

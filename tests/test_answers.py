@@ -103,8 +103,8 @@ EXTRACT_CASES = [
     ("#### 50%", "50", "50"),
     ("#### 3/4", "0.75", "0.75"),
     ("#### 8,000", "8000", "8000"),
-    # multiple #### lines: they must agree (else hedged, see HEDGE_CASES); a line without a number is no answer
-    ("#### 5\nWait, I made a mistake.\n#### 6", None, None),
+    # multiple #### lines: the last one that carries a number is the answer (a model may revise itself)
+    ("#### 5\nWait, I made a mistake.\n#### 6", "6", "6"),
     ("#### 5\n#### none", "5", "5"),
     ("#### 1,000\n#### 1000.", "1000", "1000"),
     # run-on into a new question (Abel cuts at "Question")
@@ -252,9 +252,12 @@ HEDGE_CASES = [
     ("#### 6\nso the answer is \\boxed{5}", True, None, None),
     ("\\boxed{-2}\n#### 2", True, None, None),  # seen in committed evals: sign dropped on the #### line
     ("\\boxed{37.50}\n#### 37", True, None, None),  # seen: the box's decimal rounded on the #### line
-    ("\\boxed{20} boys and \\boxed{30} girls", True, None, None),  # several boxes disagreeing
-    ("\\boxed{20} boys, \\boxed{30} girls\n#### 30", True, None, None),
-    ("#### 5\n#### 6", True, None, None),  # several #### lines disagreeing
+    ("\\boxed{5}\n#### 5\n#### 6", True, None, None),  # the last of each marker is compared
+    # only the last of each marker counts: boxed intermediate results and revisions read as before
+    ("\\boxed{20} boys and \\boxed{30} girls", False, None, "30"),
+    ("\\boxed{20} boys, \\boxed{120} in all\n#### 120", False, "120", "120"),
+    ("#### 5\n#### 6", False, "6", "6"),
+    ("\\boxed{6}\n#### 5\n#### 6", False, "6", "6"),
     # agreeing (numeric equality, answers_equal): as before
     ("So \\boxed{5}.\n#### 5", False, "5", "5"),
     ("\\boxed{1,000}\n#### 1000", False, "1000", "1000"),

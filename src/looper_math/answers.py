@@ -20,15 +20,15 @@ Conventions mirrored (EleutherAI lm-evaluation-harness gsm8k task; GSM8K-Platinu
   ``The answer is N`` / ``Answer: N``, then ``\\boxed{N}``, then the last number; ``answers_equal``
   compares as floats with a tiny tolerance after normalizing (so ``5.0`` == ``5``).
 
-Hedged answers (issue 24; ours, no upstream evaluator does this): a completion's *stated* final answers
-are the numbers of its ``#### N`` lines and of its ``\\boxed{N}`` contents (after the ``Question:`` cut).
-When two of them differ (``answers_equal``), as in ``\\boxed{5}`` then ``#### 6``, or ``\\boxed{20}`` boys
-and ``\\boxed{30}`` girls, or ``#### 5`` revised to ``#### 6``, the completion is ``hedged``: it has no
-answer, in both modes (``extract_answer`` gives None), so it is wrong wherever it is graded (eval, the
-rollouts' ``correct``, GRPO rewards, s_end's peer agreement): a grader that reads one marker must not
-reward a completion that says something else with the other. Stated answers that agree
-(``\\boxed{1,000}`` and ``#### 1000``) change nothing, nor does a box or ``####`` line with no number,
-nor "The answer is N" (prose, not a final-answer marker). ``hedged(text)`` says whether this happened.
+Hedged answers (ours, no upstream evaluator does this): a completion whose last ``\\boxed{N}`` and last
+``#### N`` line (after the ``Question:`` cut) state different numbers (``answers_equal``), as in ``\\boxed{5}``
+then ``#### 6``, is ``hedged``: it has no answer, in both modes (``extract_answer`` gives None), so it is wrong
+wherever it is graded (eval, the rollouts' ``correct``, GRPO rewards, s_end's peer agreement): a grader that
+reads one marker must not reward a completion that says something else with the other. Only the last of each
+marker counts, so a model that revises itself (``#### 5`` ... ``#### 6``) or boxes intermediate results
+(``\\boxed{20}`` boys, ``\\boxed{120}`` in all, ``#### 120``) is read as before; a box alone or a ``####``
+line alone changes nothing, nor do markers that agree (``\\boxed{1,000}`` and ``#### 1000``), a marker with
+no number, or "The answer is N" (prose, not a final-answer marker). ``hedged(text)`` says whether this happened.
 
 Normal form (``normalize_number``): a plain decimal string with no ``$``, commas, ``+``, exponent,
 trailing zeros or trailing ``.``: ``"$1,234.50" -> "1234.5"``, ``"-$38,000" -> "-38000"``,
@@ -266,7 +266,7 @@ class Answers(NamedTuple):
 
     strict: str | None
     flexible: str | None
-    hedged: bool  # its stated answers (#### lines, \boxed{}) disagree; then strict and flexible are None
+    hedged: bool  # its last \boxed{} and last #### line disagree; then strict and flexible are None
 
 
 def extract_answers(text: str) -> Answers:
@@ -276,8 +276,7 @@ def extract_answers(text: str) -> Answers:
         return Answers(None, None, False)
     t = _clean(cut_at_new_question(text))
     hashes, boxes = _hash_values(t), _boxed_values(t)
-    stated = hashes + boxes
-    if any(not answers_equal(v, stated[-1]) for v in stated):
+    if hashes and boxes and not answers_equal(hashes[-1], boxes[-1]):
         return Answers(None, None, True)
     if hashes:
         return Answers(hashes[-1], hashes[-1], False)
@@ -298,7 +297,7 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
     ``flexible``: strict, else the last "The answer is N" / "Answer: N" (GSM8K-Platinum), else the
     last ``\\boxed{N}``, else the last number in the text (lm-eval flexible-extract).
     Both modes first cut the text at a new ``Question:`` line (Abel), and give None for a hedged
-    completion (its ``####`` and ``\\boxed{}`` numbers disagree; see the module docstring).
+    completion (its last ``####`` and last ``\\boxed{}`` numbers disagree; see the module docstring).
     """
     if mode not in ("strict", "flexible"):
         raise ValueError(f"mode must be 'strict' or 'flexible', not {mode!r}")
@@ -307,7 +306,7 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
 
 
 def hedged(text: str) -> bool:
-    """Whether a completion's stated answers (``#### N`` lines, ``\\boxed{N}``) disagree (it then has no answer)."""
+    """Whether a completion's last ``#### N`` line and last ``\\boxed{N}`` disagree (it then has no answer)."""
     return extract_answers(text).hedged
 
 
