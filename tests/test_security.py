@@ -182,13 +182,18 @@ def test_safe_join_accepts_inside(tmp_path):
 
 
 def test_question_ids_from_data_never_reach_paths(tmp_path):
-    """A data row's own 'question_id' (or any other field) is ignored: ids are derived from a hash."""
+    """A data row's own 'question_id' is used only when it is a plain token (benchmarks/svamp's
+    'svamp-chal-1'); a path-like one is refused with file:line. Rows without one get a hash id."""
     import json
 
     from looper_math.data import load_problems
+    from looper_math.runio import DataError
 
     f = tmp_path / "t.jsonl"
     f.write_text(json.dumps({"question": "1+1?", "answer": "#### 2", "question_id": "../../../etc/passwd"}) + "\n")
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'question_id' must be a string of letters"):
+        load_problems(str(f), split="test")
+    f.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
     (p,) = load_problems(str(f), split="test")
     assert re.fullmatch(r"test-[0-9a-f]{12}", p.question_id)
 

@@ -73,7 +73,10 @@ def test_loader_question_id_rules(tmp_path):
     with pytest.raises(DataError, match=r"t\.jsonl:2: duplicate question_id 'a'"):
         load_problems(str(f), split="test")
     f.write_text('{"question_id": 7, "question": "q1", "answer": "#### 1"}\n')
-    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'question_id' must be a non-empty string"):
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'question_id' must be a string of letters"):
+        load_problems(str(f), split="test")
+    f.write_text('{"question_id": "a/../b", "question": "q1", "answer": "#### 1"}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'question_id' must be a string of letters"):
         load_problems(str(f), split="test")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class Problem:
     answer: str  # full reference solution (GSM8K format)
     gold: str  # normalized final number
     cleaning_status: str = "n/a"
+
+
+_GIVEN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 def make_question_id(split: str, question: str) -> str:
@@ -105,8 +109,10 @@ def _to_problems(rows: list[tuple[str, dict]], split: str) -> list[Problem]:
             raise DataError(f"{loc}: field 'cleaning_status' must be a string")
         given = r.get("question_id")
         if given is not None:  # a benchmark's own id (benchmarks/svamp: SVAMP's ID), kept as given
-            if not isinstance(given, str) or not given.strip():
-                raise DataError(f"{loc}: field 'question_id' must be a non-empty string")
+            # a plain token, so an id taken from data can never carry a path or markup into an output
+            if not isinstance(given, str) or not _GIVEN_ID.fullmatch(given):
+                raise DataError(f"{loc}: field 'question_id' must be a string of letters, digits, '.', '_' "
+                                f"or '-' (at most 64, not starting with '.'), got {given!r}")
             if given in seen:
                 raise DataError(f"{loc}: duplicate question_id {given!r}")
             qid = given
