@@ -175,9 +175,10 @@ def test_all_samples_under_the_eval_prompt_need_no_bandit(smoke_cfg):
 
 def test_sft_on_rft_data_trains_on_the_models_own_text(eval_prompt_rollouts):
     """sft.data=rft reads the correct rows of a rollouts file; no correct row -> a one-line error."""
-    from looper_math.runio import DataError
-    from looper_math.sft import build_dataset
+    from looper_math.layout import summary_of, write_summary
     from looper_math.modeling import load_tokenizer
+    from looper_math.runio import DataError, read_json
+    from looper_math.sft import build_dataset
 
     cfg, _, rows = eval_prompt_rollouts
     path = cfg.path(cfg.rollouts.output)
@@ -187,6 +188,8 @@ def test_sft_on_rft_data_trains_on_the_models_own_text(eval_prompt_rollouts):
         r = dict(r, correct=r["sample_idx"] == 0 and r["question_id"] != rows[0]["question_id"], finished=True)
         fixed.append(r)
     path.write_text("".join(json.dumps(r) + "\n" for r in fixed))
+    rewrite_summary = lambda: write_summary(path, read_json(summary_of(path)))  # noqa: E731 (the edit is deliberate)
+    rewrite_summary()
     tok = load_tokenizer(cfg)
     cfg.sft.data, cfg.sft.rft_rollouts = "rft", str(path)
     cfg.data.dev_size = 0
@@ -201,6 +204,7 @@ def test_sft_on_rft_data_trains_on_the_models_own_text(eval_prompt_rollouts):
     for r in fixed:
         r["correct"] = False
     path.write_text("".join(json.dumps(r) + "\n" for r in fixed))
+    rewrite_summary()
     cfg.sft.data = "rft"
     with pytest.raises(DataError, match="no training examples"):
         build_dataset(cfg, tok)

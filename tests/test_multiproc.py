@@ -162,7 +162,9 @@ def test_sharded_rollouts_two_processes_merge_to_the_one_process_rows(smoke_cfg)
     with open(p1, "a") as f:
         f.write(p0.read_text().splitlines(keepends=True)[0])
     s = p1.with_name(p1.stem + ".summary.json")
-    s.write_text(json.dumps({**json.loads(s.read_text()), "rows": len(p1.read_text().splitlines())}))
+    from looper_math.layout import write_summary  # the row count and checksum agree with the edited shard
+
+    write_summary(p1, {**json.loads(s.read_text()), "rows": len(p1.read_text().splitlines())})
     _assert_refused(_merge(str(dup), "--kind", "rollouts", "--shards", "2"), "also in dup.shard-0-of-2.jsonl")
 
     for name in ("missing", "three", "unfinished", "dup"):
