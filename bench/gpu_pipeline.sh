@@ -9,7 +9,7 @@
 # Env: CFG (default configs/qwen05_gpu.yaml), M (model dir, default /root/m), WHEELS (default .whl).
 set -uo pipefail
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
-source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/device/device_env.sh"
 L="python3 -m looper_math.cli"
 RUN=$(python3 -c "import yaml,sys; print(yaml.safe_load(open('$CFG'))['run_dir'])")
 step() { echo "=== $* ($(date +%T))"; local t0=$SECONDS; "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0))s"; return $rc; }

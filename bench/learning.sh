@@ -5,7 +5,7 @@
 #   [OUT=DIR] bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root)
 #
 # Needs the files of configs/qwen05_gpu.yaml: `looper-math prepare` (GSM8K in .gsm8k/, the model in .models/qwen05),
-# or on a machine without network the carried .gsm8k/ and the model's parts + SHA256 in $M (device_env.sh joins,
+# or on a machine without network the carried .gsm8k/ and the model's parts + SHA256 in $M (bench/device/device_env.sh joins,
 # checks and converts them, and links .models/qwen05 to $M/qwen05). A missing file or CUDA device stops it first.
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
