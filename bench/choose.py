@@ -61,7 +61,8 @@ def choose_lr(outdir: str | Path, lrs: list[str]) -> str:
 def choose_round2(outdir: str | Path, r1_name: str) -> bool:
     """Round 2 goes to the test split only if it beats round 1 on dev with exact McNemar p < 0.05. Writes
     ``outdir/round2_choice.txt`` (one line: the dev delta, p and the verdict)."""
-    from looper_math.compare import compare  # its own errors (different question ids, ...) name the file
+    # compare's own errors (different question ids, a malformed row) name the file
+    from looper_math.compare import compare
 
     out = Path(outdir)
     a, b = out / f"{r1_name}_dev_eval.jsonl", out / "grpo_r2_dev_eval.jsonl"
@@ -102,7 +103,7 @@ def lr_name(config: str | Path) -> str:
         rate = float(cfg["grpo"]["learning_rate"])
     except (TypeError, KeyError, ValueError):
         raise ChoiceError(f"{config}: grpo.learning_rate: missing or not a number") from None
-    mantissa, exponent = ("%e" % rate).split("e")
+    mantissa, exponent = f"{rate:e}".split("e")
     return mantissa.rstrip("0").rstrip(".") + "e" + str(int(exponent))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The learning check on the GPU machine (issues 2-4): Qwen2.5-Coder-0.5B-Instruct, GSM8K train minus a
-# 300-question dev split; SFT -> eval base/SFT on dev -> rollouts (200 dev questions for the Regime W
+# The first learning check on the GPU machine (superseded by bench/learning.sh; RESULTS.md section 2):
+# Qwen2.5-Coder-0.5B-Instruct, GSM8K train minus a 300-question dev split; SFT -> eval base/SFT on dev -> rollouts (200 dev questions for the Regime W
 # analysis, 400 train questions for pairs) -> pairs -> DPO -> eval DPO -> compare -> report.
 #
 # On the GPU machine, from the repo root, with the model parts already in /root/m (see README):

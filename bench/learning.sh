@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
-# split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
+# The learning table on one H200 (does the recipe gain >= 10 points over base on test, p < 0.001?) -- the recipe
+# of configs/qwen05_gpu.yaml (chosen on the dev split), then its checkpoints, a second seed and the ablations
+# evaluated on the full GSM8K test split.
 #
 #   [OUT=DIR] bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root)
 #
@@ -34,7 +35,7 @@
 #              round 1 and 2 on dev in the same call; round 2 on test only if it gains on dev with p < 0.05
 #              (outputs/round2_choice.txt). One call of < 10 min with the conversion.
 #   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
-# The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
+# The figures of 2026-12-02 with two 40-step rounds (RESULTS.md section 0a) came from bench/learning_grpo.sh.
 # Env: OUT (runs/learning), CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
 STAGE="${1:?stage main|seed1|seed2|ablations|gated|round2|dpo}"; DEADLINE="${2:-560}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15 on 2 x H200 in one call (< 10 min): what ships for several GPUs, run for real on the 0.5B model.
+# What ships for several GPUs (DDP, ZeRO-2/3 configs, sharded rollouts), run for real on the 0.5B model on
+# 2 x H200 in one call (< 10 min).
 #   1. SFT on GSM8K train (gold solutions), STEPS steps at the same global batch: 1 GPU (B1) vs DDP vs
 #      DeepSpeed ZeRO-2 vs ZeRO-3 (B2 per GPU x 2; configs/accelerate/{ddp,zero2,zero3}.yaml). Per-step
 #      losses, steady tokens/s and peak memory per process come from each run's train_summary.json.

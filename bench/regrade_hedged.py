@@ -1,4 +1,4 @@
-"""Issue 24: re-grade the committed per-example evals with the hedged-answer rule and count what changes.
+"""Re-grade the committed per-example evals with the hedged-answer rule and count what changes.
 
 A completion whose ``#### N`` and ``\\boxed{N}`` answers disagree (or several of either do) is now wrong
 (``looper_math.answers``, module docstring). This reads every committed eval JSONL

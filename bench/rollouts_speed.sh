@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 12 goal 2: rollouts on the real 0.5B from the SFT adapter, on one H200.
+# Rollouts speed (the goal: the whole GSM8K train set x 8 in <= 5 minutes, about 30k tok/s or more) on the real
+# 0.5B from the SFT adapter, on one H200.
 #
 #   OUT=... bash bench/rollouts_speed.sh ab|whole [DEADLINE_S]    (GPU machine, repo root, model parts in $M,
 #                                                                  the SFT adapter in runs/qwen05/checkpoints/sft_lora)

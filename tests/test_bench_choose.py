@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 CHOOSE = REPO / "bench" / "choose.py"
 sys.path.insert(0, str(REPO / "bench"))
-import choose  # noqa: E402
+import choose
 
 # bench/learning.sh's pick() before the choice moved to bench/choose.py (commit 63aaad4), verbatim
 OLD_PICK = '''import json, sys
@@ -36,7 +35,7 @@ def _summaries(d: Path, **acc: float) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CHOOSE), *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, str(CHOOSE), *args], check=False, capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
 
 
@@ -61,7 +60,8 @@ def test_lr_cli_writes_what_the_old_inline_pick_wrote(tmp_path, order):
     acc = {"1e-4": 0.39, "2e-4": 0.39}   # a tie: the rule is in the output too
     old = _summaries(tmp_path / "old", **acc)
     new = _summaries(tmp_path / "new", **acc)
-    p_old = subprocess.run([sys.executable, "-", str(old), *order], input=OLD_PICK, capture_output=True, text=True)
+    p_old = subprocess.run([sys.executable, "-", str(old), *order], check=False, input=OLD_PICK, capture_output=True,
+                           text=True)
     p_new = _cli("lr", str(new), *order)
     assert p_old.returncode == 0 and p_new.returncode == 0, p_old.stderr + p_new.stderr
     assert p_new.stdout == p_old.stdout == f"{order[0]}\n"
