@@ -4,8 +4,8 @@ vs transformers' own fastest paths.
     python bench/bench_decode.py [--quick] [--out DIR]      # GPU (H100/H200), random bf16 weights
     python bench/bench_decode.py --tiny [--hf --profile]    # CPU smoke test
 
-Goal 3 of issue 12, one call on the H200 (~8 min; no download, the 7B shape is built with random weights;
-order: plain, fast 512, fast k=8 + roofline, profile, hf_static_compile 64 then 512, a provisional summary,
+The decode goal (k=8: >= 25x plain generate, >= 50 % of the decode roofline), one call on the H200 (~8 min; no
+download, the 7B shape is built with random weights; order: plain, fast 512, fast k=8 + roofline, profile, hf_static_compile 64 then 512, a provisional summary,
 hf_generate_batch, the final summary; --deadline-s skips the transformers figures not started by then;
 every line is appended to $OUT/decode.jsonl as it comes, so a timeout keeps what was measured):
 
@@ -26,7 +26,7 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
 - ``fast_shared_prompt``: the same with k=8 samples per prompt (rollouts): one prefill per prompt, one line per
   ``--attn`` core (suffix ``+unfused``: the model's own modules instead of the fused layer; ``+compile``) and per
   ``--shared-slots`` count, each followed by its ``roofline`` line: decode-only tok/s against the bandwidth roofline at
-  its batch, explicitly; the summary's figure is the fastest line meeting both goal-3 checks, else the fastest;
+  its batch, explicitly; the summary's figure is the fastest line meeting both decode-goal checks, else the fastest;
 - ``fast_variant``: attention cores ``bmm`` and ``flex`` (FlexAttention, block-sparse over the padded cache,
   ``--flex-block``) and ``torch.compile`` of the decode step, at 256 slots;
 - ``--profile``: ``profile``: the fast engine's decode step at the best slot count (k=8 requests):
@@ -40,7 +40,7 @@ Every request has a 200-token prompt and is forced to generate exactly --new tok
   both with the config's sliding window (4096) switched off -- longer than any context here, and with it
   the static cache recompiles every step -- see bench/hf_baselines.py;
 - ``summary``: the best fast line vs plain generate; the k=8 shared-prompt line vs hf_static_compile and
-  hf_generate_batch on the same requests (their best on case ``shared_k8``); and goal 3's checks
+  hf_generate_batch on the same requests (their best on case ``shared_k8``); and the decode goal's checks
   (k=8: >= 25x plain generate, >= 50 % of the decode roofline).
 Ratios are against ``plain_generate`` from the same run. Roofline: batch * bandwidth / (weight bytes
 + KV bytes read per step), with KV at the mean context (prompt + new/2); bandwidth 4.8e12 B/s on an
@@ -203,7 +203,7 @@ def main() -> None:
                    share_of_roofline=round(row["tok_s"] / rl, 4),
                    roofline_static_tok_s=round(roofline(n_slots, fast_cache_len(prompt_len + 1, new)), 1),
                    goal_share=0.5, meets_goal=row["decode_tok_s"] / rl >= 0.5)
-    # the figure: a line meeting both goal-3 checks if one does (the fastest such), else the fastest line
+    # the figure: a line meeting both decode-goal checks if one does (the fastest such), else the fastest line
     both = [r for r in shared_rows if r["x_plain_generate"] >= 25 and r["decode_share_of_roofline"] >= 0.5]
     shared = max(both or shared_rows, key=lambda r: r["tok_s"])
     if args.profile:

@@ -1,4 +1,4 @@
-"""GRPO step time on the real model: where a step goes and which trainer layout is fastest (issues 12/13).
+"""GRPO step time on the real model: where a step goes and which trainer layout is fastest.
 
     python bench/bench_grpo.py -c configs/qwen05_gpu.yaml [--steps 10] [--variants base,mb2,mb4,spg2] [--out DIR]
     python bench/bench_grpo.py -c SMOKE.yaml --steps 3 --set grpo.max_completion_length=16   # CPU smoke test

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5: does engine="fast" change evaluation accuracy on a real model? The same greedy eval
+# Does engine="fast" change evaluation accuracy on a real model? The same greedy eval
 # (real 0.5B model, no adapter, the 300-question dev split) with engine=hf and engine=fast, then
 # `looper-math compare` (exact McNemar) and the share of identical completions.
 #

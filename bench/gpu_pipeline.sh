@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The learning check on the GPU machine (issues 2-4): Qwen2.5-Coder-0.5B-Instruct, GSM8K train minus a
-# 300-question dev split; SFT -> eval base/SFT on dev -> rollouts (200 dev questions for the Regime W
+# The first learning check on the GPU machine (superseded by bench/learning.sh; RESULTS.md section 2):
+# Qwen2.5-Coder-0.5B-Instruct, GSM8K train minus a 300-question dev split; SFT -> eval base/SFT on dev -> rollouts (200 dev questions for the Regime W
 # analysis, 400 train questions for pairs) -> pairs -> DPO -> eval DPO -> compare -> report.
 #
 # On the GPU machine, from the repo root, with the model parts already in /root/m (see README):
@@ -9,7 +9,7 @@
 # Env: CFG (default configs/qwen05_gpu.yaml), M (model dir, default /root/m), WHEELS (default .whl).
 set -uo pipefail
 OUT="${OUT:?set OUT}"; M="${M:-/root/m}"; CFG="${CFG:-configs/qwen05_gpu.yaml}"; WHEELS="${WHEELS:-.whl}"
-source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/device/device_env.sh"
 L="python3 -m looper_math.cli"
 RUN=$(python3 -c "import yaml,sys; print(yaml.safe_load(open('$CFG'))['run_dir'])")
 step() { echo "=== $* ($(date +%T))"; local t0=$SECONDS; "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0))s"; return $rc; }

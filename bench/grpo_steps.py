@@ -1,7 +1,7 @@
 """GRPO length on the dev split: one GRPO run of the recipe, its checkpoints evaluated on dev as a learning curve,
 the best length chosen on dev, and only the chosen one evaluated on the test split (and on a second benchmark).
 
-GPU machine, repo root, model converted (``source bench/device_env.sh`` does it from the carried parts)::
+GPU machine, repo root, model converted (``source bench/device/device_env.sh`` does it from the carried parts)::
 
     python3 bench/grpo_steps.py --out $OUT --deadline-s 560 --steps 70,105,140 \
         --set model.name_or_path=/root/m/qwen05 [--bench2 benchmarks/svamp/test.jsonl]

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 13: the learning table on one H200 -- the recipe of configs/qwen05_gpu.yaml (chosen on the dev
-# split), then its checkpoints, a second seed and the ablations evaluated on the full GSM8K test split.
+# The learning table on one H200 (does the recipe gain >= 10 points over base on test, p < 0.001?) -- the recipe
+# of configs/qwen05_gpu.yaml (chosen on the dev split), then its checkpoints, a second seed and the ablations
+# evaluated on the full GSM8K test split.
 #
 #   [OUT=DIR] bash bench/learning.sh main|seed1|seed2|ablations|gated|round2|dpo [DEADLINE_S]   (GPU machine, repo root)
 #
 # Needs the files of configs/qwen05_gpu.yaml: `looper-math prepare` (GSM8K in .gsm8k/, the model in .models/qwen05),
-# or on a machine without network the carried .gsm8k/ and the model's parts + SHA256 in $M (device_env.sh joins,
+# or on a machine without network the carried .gsm8k/ and the model's parts + SHA256 in $M (bench/device/device_env.sh joins,
 # checks and converts them, and links .models/qwen05 to $M/qwen05). A missing file or CUDA device stops it first.
 # Each stage is an ordered list of resumable steps; DEADLINE_S (default 560) bounds one call (every command
 # gets the time left minus a reserve for packing). Call a stage again until it prints "stage ... complete":
@@ -34,7 +35,7 @@
 #              round 1 and 2 on dev in the same call; round 2 on test only if it gains on dev with p < 0.05
 #              (outputs/round2_choice.txt). One call of < 10 min with the conversion.
 #   dpo        the offline recipe from seed 1's SFT: rollouts -> correctness-first pairs -> DPO + NLL (policy: dpo).
-# The figures of 2026-12-02 (two 40-step rounds, RESULTS.md section 0) came from bench/learning_grpo.sh.
+# The figures of 2026-12-02 with two 40-step rounds (RESULTS.md section 0a) came from bench/learning_grpo.sh.
 # Env: OUT (runs/learning), CFG (configs/qwen05_gpu.yaml), M (/root/m: part_* + SHA256, or an existing qwen05/), WHEELS (.whl).
 set -uo pipefail
 STAGE="${1:?stage main|seed1|seed2|ablations|gated|round2|dpo}"; DEADLINE="${2:-560}"
@@ -47,26 +48,14 @@ RW=(--set grpo.reward=regime_w)
 
 # grpo.learning_rate candidates for seed 1, the best on dev is chosen (pick); default: the config's rate alone.
 # RESULTS.md section 0 chose the config's 1e-4 with LRS="1e-4 2e-4" (two candidates side by side: ~770 s more)
-CFG_LR=$(python3 -c "
-import yaml
-m, e = ('%e' % float(yaml.safe_load(open('$CFG'))['grpo']['learning_rate'])).split('e')
-print(m.rstrip('0').rstrip('.') + 'e' + str(int(e)))")   # 1e-4 (as LRS names it: checkpoints/grpo_lr1e-4), 5e-5, 1.5e-4
+choose() { python3 "$(dirname "$0")/choose.py" "$@"; }   # the decisions between steps: bench/choose.py
+CFG_LR=$(choose cfg-lr "$CFG") || exit 2   # 1e-4 (as LRS names it: checkpoints/grpo_lr1e-4), 5e-5, 1.5e-4
 LRS="${LRS:-$CFG_LR}"
 sft1() { have "$R/checkpoints/sft_lora" || step $L sft -c "$CFG" --resume; }          # base rollouts -> RFT SFT
 sft2() { have "$S2/checkpoints/sft_lora" || step $L sft -c "$CFG" "${SEED2[@]}" --resume; }
 cand() { have "$R/checkpoints/grpo_lr$1" ||
   step $L grpo -c "$CFG" --set grpo.output_dir="checkpoints/grpo_lr$1" --set grpo.learning_rate="$1" --resume; }
-pick() {  # the candidate with the best dev accuracy (the first of LRS on a tie) -> $R/outputs/lr_choice.txt
-  python3 - "$R/outputs" $LRS <<'PY'
-import json, sys
-out, lrs = sys.argv[1], sys.argv[2:]
-acc = {lr: json.load(open(f"{out}/grpo_lr{lr}_dev_eval.summary.json"))["accuracy"] for lr in lrs}
-best = max(lrs, key=lambda lr: (acc[lr], -lrs.index(lr)))
-with open(f"{out}/lr_choice.txt", "w") as f:
-    f.write("".join(f"grpo.learning_rate {lr}: dev accuracy {acc[lr]:.4f}\n" for lr in lrs) + f"chosen {best}\n")
-print(best)
-PY
-}
+pick() { choose lr "$R/outputs" $LRS; }   # the best on dev, the first of LRS on a tie -> $R/outputs/lr_choice.txt
 chosen() { sed -n 's/^chosen //p' "$R/outputs/lr_choice.txt" 2>/dev/null; }
 grpo2() { have "$S2/checkpoints/grpo_lora" ||
   step $L grpo -c "$CFG" "${SEED2[@]}" --set grpo.learning_rate="$1" --resume; }
@@ -134,17 +123,7 @@ case "$STAGE" in
     if finished "$R/checkpoints/grpo_r2"; then   # round 1 evaluated again beside it: one layout
       bg r1_dev evaldev "r1_lr$lr" "$src"; bg r2_dev evaldev grpo_r2 "$R/checkpoints/grpo_r2"; join
       cmp "r1_lr${lr}_dev_eval" grpo_r2_dev_eval
-      gain=$(python3 - "$R/outputs" "r1_lr$lr" <<'PY'
-import sys
-from looper_math.compare import compare
-r = compare(f"{sys.argv[1]}/{sys.argv[2]}_dev_eval.jsonl", f"{sys.argv[1]}/grpo_r2_dev_eval.jsonl")
-ok = r["delta"] > 0 and r["mcnemar_p"] < 0.05
-with open(f"{sys.argv[1]}/round2_choice.txt", "w") as f:
-    f.write(f"round 2 vs round 1 on dev: {100 * r['delta']:+.2f} pts, exact McNemar p = {r['mcnemar_p']:.3g}: "
-            + ("round 2 gains, evaluated on test\n" if ok else "no significant gain, test not run\n"))
-print("yes" if ok else "no")
-PY
-)
+      gain=$(choose round2 "$R/outputs" "r1_lr$lr")   # yes: dev gain with p < 0.05 -> outputs/round2_choice.txt
       cat "$R/outputs/round2_choice.txt"
       [ "$gain" = yes ] && evaltest grpo_r2 "$R/checkpoints/grpo_r2"
     fi

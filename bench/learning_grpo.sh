@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 13, the online lever on one H200: `looper-math grpo` (TRL GRPOTrainer, completions from this
+# Superseded by bench/learning.sh (one 70-step round, the learning rate chosen on dev); kept as the command of
+# RESULTS.md section 0a. The online lever on one H200: `looper-math grpo` (TRL GRPOTrainer, completions from this
 # project's engine on a merged copy of the policy) from the RFT SFT adapter of configs/qwen05_gpu.yaml,
 # chosen on the dev split, the chosen checkpoints then evaluated on the full GSM8K test split.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 on a 2-GPU machine (real model): SFT for a fixed number of steps on 1 GPU (batch 16) vs
+# Does training and sampling scale to a second GPU? On a 2-GPU machine (real model): SFT for a fixed number of steps on 1 GPU (batch 16) vs
 # 2 GPUs under `accelerate launch` (batch 8 each: the same global batch of 16 and, through the
 # distributed sampler, the same examples per step); then rollouts with the 1-GPU adapter in one
 # process vs 2 processes (auto-sharded from RANK/WORLD_SIZE), merged, keys compared.

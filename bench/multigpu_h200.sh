@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15 on 2 x H200 in one call (< 10 min): what ships for several GPUs, run for real on the 0.5B model.
+# What ships for several GPUs (DDP, ZeRO-2/3 configs, sharded rollouts), run for real on the 0.5B model on
+# 2 x H200 in one call (< 10 min).
 #   1. SFT on GSM8K train (gold solutions), STEPS steps at the same global batch: 1 GPU (B1) vs DDP vs
 #      DeepSpeed ZeRO-2 vs ZeRO-3 (B2 per GPU x 2; configs/accelerate/{ddp,zero2,zero3}.yaml). Per-step
 #      losses, steady tokens/s and peak memory per process come from each run's train_summary.json.
@@ -34,7 +35,7 @@ DPO_B1="${DPO_B1:-16}"; DPO_B2="${DPO_B2:-8}"; DPO_NLL="${DPO_NLL:-0 1}"; ZERO="
 ACCEL="${ACCEL:---config_file configs/accelerate/ddp.yaml}"; ZERO_EXTRA="${ZERO_EXTRA:-}"
 R="${R:-runs/multigpu_h200}"; M="${M:-/root/m}"; WHEELS="${WHEELS-.whl}"; DS_WHEELS="${DS_WHEELS-.whl-ds}"
 DEADLINE="${DEADLINE_S:-570}"; TOL="${TOL:-0.01}"; START=$SECONDS
-source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/device/device_env.sh"
 if [ -n "$DS_WHEELS" ] && ls "$DS_WHEELS"/*.whl >/dev/null 2>&1; then  # DeepSpeed + its pure-python deps, once
   [ -d /tmp/site-ds ] || { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-ds.part "$DS_WHEELS"/*.whl &&
                            mv /tmp/site-ds.part /tmp/site-ds; } || exit 1

@@ -1,4 +1,4 @@
-"""Rollout runs side by side: where each one's time went, and how alike their outputs are (issue 12 goal 2).
+"""Rollout runs side by side: where each one's time went, and how alike their outputs are.
 
     python bench/rollouts_report.py DIR NAME [NAME ...]    # DIR/rollouts_NAME.summary.json (+ .jsonl if there)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 benchmarks on a 2-GPU machine, both cards busy at once (separate processes, separate cards,
+# The speed benchmarks on a 2-GPU machine, both cards busy at once (separate processes, separate cards,
 # each ratio measured within its own process): GPU 0 runs the SFT benchmark (~5 min); GPU 1 the
 # gpu-marked engine tests, then the full decode sweep (~5 min). On one GPU run the steps in sequence.
 #

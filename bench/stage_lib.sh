@@ -12,13 +12,15 @@
 #                        returns 1 if one failed or was cut
 #                        (measured on the 0.5B, RESULTS.md section 0: two SFT steps 1.2x, two GRPO runs about 1x)
 #   pack                 summaries, per-example eval rows, pair and train summaries of $R and of the run dirs in
-#                        PACK_DIRS -> $OUT/stage$STAGE.tgz; then says how the stage ended and exits with it:
+#                        PACK_DIRS -> $OUT/stage$STAGE.tgz (pack_results, bench/device/pack.sh); then says how the
+#                        stage ended and exits with it:
 #                        0 complete; 3 cut by the deadline (a step timed out, rc 124/137): call it again to resume;
 #                        1 a step failed: its first error line (the `error: ...` line or a traceback's last line)
 # Before any step: the config's data files, model folder and (device: cuda) a CUDA device must be there, else one
 # `error:` line per missing thing and exit 2 (preflight).
 START=$SECONDS; RESERVE=25
-source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/device/device_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/device/pack.sh"
 L="python3 -m looper_math.cli"
 R=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['run_dir'])")
 preflight() {  # what a clean clone or a CPU machine lacks, said before the first step instead of inside a log
@@ -90,14 +92,8 @@ join() {  # returns 1 when a job failed or was cut: what comes next usually need
   done
   PIDS=(); NAMES=(); OFFS=(); return $ok
 }
-pack() {  # at most 8 files come back: one archive; adapters and rollouts stay on the machine
-  mkdir -p "$OUT"
-  local d files=()
-  for d in "$R" ${PACK_DIRS:-}; do
-    [ -d "$d" ] || continue
-    files+=($(ls -d "$d/outputs" "$d/logs" "$d/data" "$d"/checkpoints/*/train_summary.json "$d"/checkpoints/*/resolved_config.yaml 2>/dev/null))
-  done
-  tar czf "$OUT/stage$STAGE.tgz" --exclude='*.safetensors' --exclude='trainer' --exclude='rollouts_*.jsonl' "${files[@]}" 2>/dev/null
+pack() {  # the results of $R and PACK_DIRS -> one archive (bench/device/pack.sh), then how the stage ended
+  pack_results "$OUT/stage$STAGE.tgz" "$R" ${PACK_DIRS:-}
   ls -la "$OUT"
   case "$FIRST" in
     fail) echo "stage $STAGE failed after $((SECONDS - START))s: $FIRST_ERR"; exit 1 ;;

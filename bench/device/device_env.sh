@@ -1,7 +1,8 @@
-# Sourced by the GPU-machine scripts (learning.sh, gpu_pipeline.sh): put the carried wheels on the path
-# (installed once per machine into /tmp/site, found there by later calls that do not carry them) and, where
-# the model came in parts, join them, check the SHA256 and convert the GGUF into a plain bf16 folder
-# $M/qwen05 (once), linked as .models/qwen05. Needs M, WHEELS; exits on error.
+# Sourced by the GPU-machine scripts (bench/stage_lib.sh for the staged ones, bench/gpu_pipeline.sh,
+# bench/multigpu_h200.sh): put the carried wheels on the path (installed once per machine into /tmp/site, found
+# there by later calls that do not carry them) and, where the model came in parts (bench/device/ferry.sh), join
+# them, check the SHA256 and convert the GGUF into a plain bf16 folder $M/qwen05 (once), linked as .models/qwen05.
+# Needs M, WHEELS; exits on error.
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1

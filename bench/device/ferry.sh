@@ -2,8 +2,8 @@
 # Cut a large file (the model) into parts that each fit one device call beside this checkout: a call carries
 # the working tree (tracked + untracked-not-ignored files) and the carried paths, 64 MiB in all, so the part
 # size is 64 MiB minus the tree minus a 4 MiB margin (55 MiB parts stopped fitting once the repo passed 9 MiB).
-# `cat DIR/part_* > FILE` joins them (bench/device_env.sh does, then checks DIR/SHA256).
-# Usage: bash bench/ferry.sh FILE [DIR]     (default DIR .ferry, git-ignored); prints the per-call carry list.
+# `cat DIR/part_* > FILE` joins them (bench/device/device_env.sh does, then checks DIR/SHA256).
+# Usage: bash bench/device/ferry.sh FILE [DIR]     (default DIR .ferry, git-ignored); prints the per-call carry list.
 set -euo pipefail
 f="${1:?file}"; d="${2:-.ferry}"
 tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
