@@ -153,7 +153,3 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     if is_main(dist):
         print(f"sft: {summary['steps']} steps, {loss_line(hist)}, adapter -> {out_dir}")
     return summary
-
-
-def sft_complete(cfg: Config) -> bool:
-    return is_complete(Path(cfg.path(cfg.sft.output_dir)))
