@@ -373,6 +373,10 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     assert [s for s, _ in summary["completion_lengths"]] == [1, 2] and all(0 < n <= 24 for _, n in summary["completion_lengths"])
     assert summary["peak_memory"]["peak_rss_gib"][0] > 0  # CPU: the process's peak resident set
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
+    from looper_math.config import fingerprint
+
+    # written by the scaffold SFT and DPO share (train_common.TrainerRun), so it carries the settings fingerprint too
+    assert summary["settings_fingerprint"] == fingerprint(cfg, "grpo") and summary["resumed_from"] is None
     events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))
     assert events, "grpo.report_to=tensorboard wrote no event file"
     sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
