@@ -164,7 +164,7 @@ def test_sft_output_folder(sft_run):
     # sft.save_total_limit reaching the Trainer
     from looper_math.config import fingerprint
 
-    assert summary["settings_fingerprint"] == fingerprint(cfg, "sft") and summary == sft_run.summary
+    assert summary["settings_fingerprint"] == sft_run.summary["settings_fingerprint"] == fingerprint(cfg, "sft")
     assert sft_run.trainer.model.config.use_cache is False and sft_run.trainer.args.save_total_limit == cfg.sft.save_total_limit
 
 
@@ -289,7 +289,7 @@ def test_dpo_moves_every_weight_and_leaves_sft_untouched(dpo_run):
     assert yaml.safe_load((dpo_run.out / "resolved_config.yaml").read_text())["dpo"]["nll_weight"] == 0.0
     from looper_math.config import fingerprint
 
-    assert summary["settings_fingerprint"] == fingerprint(dpo_run.cfg, "dpo") and summary == dpo_run.summary
+    assert summary["settings_fingerprint"] == dpo_run.summary["settings_fingerprint"] == fingerprint(dpo_run.cfg, "dpo")
     # dpo.save_total_limit (default 2: the value dpo.py hard-coded before the key existed) reaches the Trainer
     assert dpo_run.cfg.dpo.save_total_limit == 2 and dpo_run.trainer.args.save_total_limit == 2
     assert dpo_run.trainer.model.config.use_cache is False
