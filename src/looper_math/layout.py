@@ -274,7 +274,7 @@ class RunLayout:
         r = r if spec.per_round else 1
         trained = {"sft": self.sft, "dpo": lambda: self.dpo(r), "grpo": lambda: self.grpo(r)}
         inputs = tuple(trained[i]().summary for i in spec.inputs)
-        return self._output(spec.name, round_config(self.cfg, r), inputs, r)
+        return self._output(spec.name, round_config(self.cfg, r) if spec.per_round else self.cfg, inputs, r)
 
     def rollouts(self, r: int = 1) -> Output:
         return self._output("rollouts", round_config(self.cfg, r), (self._adapter_summary(r),), r)
