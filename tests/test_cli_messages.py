@@ -294,7 +294,7 @@ def test_run_says_1_phase_not_1_phases(monkeypatch, tmp_path, capsys):
     from looper_math.config import load_config
 
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={tmp_path}"])
-    monkeypatch.setattr(pipeline, "phases", lambda *a, **k: [pipeline.Phase("phase 1: SFT", SimpleNamespace(complete=False), lambda: None)])
+    monkeypatch.setattr(pipeline, "phases", lambda *a, **k: [pipeline.Phase("sft", SimpleNamespace(complete=False), lambda: None)])
     monkeypatch.setattr(looper_math.compare, "compare", lambda a, b: {})
     monkeypatch.setattr(looper_math.compare, "format_compare", lambda result: "compared")
     monkeypatch.setattr(looper_math.report, "build_report", lambda layout: tmp_path / "report" / "report.html")

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from looper_math.cli import app
 from looper_math.config import load_config
-from looper_math.pipeline import report_is_current
 from looper_math.report import build_report
 from test_compare_report import make_run_dir
 
@@ -101,13 +100,13 @@ def test_report_is_current_looks_only_at_the_files_the_report_reads(tmp_path):
         unrelated.parent.mkdir(parents=True, exist_ok=True)
         unrelated.write_text("x")
         os.utime(unrelated, (later, later))
-    assert report_is_current(tmp_path)
     from looper_math.layout import RunLayout
 
+    assert RunLayout.discover(tmp_path).report_is_current()  # a run dir without its config
     assert RunLayout(cfg).report_is_current()
     read = tmp_path / "outputs" / "abel_sft_platinum_eval.summary.json"
     os.utime(read, (later, later))
-    assert not RunLayout(cfg).report_is_current() and not report_is_current(tmp_path)
+    assert not RunLayout(cfg).report_is_current() and not RunLayout.discover(tmp_path).report_is_current()
 
 
 def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
@@ -118,15 +117,13 @@ def test_run_is_a_list_of_phases_over_the_layout(tmp_path):
     lay = RunLayout(cfg, rounds=2)
     ps = phases(cfg, lay, resume=True, overwrite=False)
     assert [p.name for p in ps] == [
-        "phase 2: rollouts from the base model (RFT data for SFT)", "phase 1: SFT", "phase 5: eval base model",
-        "phase 5: eval SFT", "phase 2: rollouts (round 1)", "phase 3: pairs (round 1)", "phase 4: DPO (round 1)",
-        "phase 5: eval DPO (round 1)", "phase 2: rollouts (round 2)", "phase 3: pairs (round 2)", "phase 4: DPO (round 2)",
-        "phase 5: eval DPO (round 2)"]
+        "rollouts_base", "sft", "eval_base", "eval_sft", "rollouts (round 1)", "prefs (round 1)", "dpo (round 1)",
+        "eval_dpo (round 1)", "rollouts (round 2)", "prefs (round 2)", "dpo (round 2)", "eval_dpo (round 2)"]
     assert ps[-1].output.path == tmp_path / "outputs" / "dpo_dev_eval_r2.jsonl" and not any(p.is_complete for p in ps)
     ps[1].output.path.mkdir(parents=True)
     ps[1].output.summary.write_text('{"steps": 3}')
     assert ps[1].is_complete  # SFT: its train_summary.json exists
-    assert ps[1].summarize() == {"steps": 3} and ps[0].summarize() == {}  # base rollouts: not complete
+    assert not ps[0].is_complete  # base rollouts
 
 
 def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path):
@@ -141,8 +138,8 @@ def test_policy_grpo_rounds_are_grpo_phases_chained_through_the_layout(tmp_path)
     assert cfg.policy == "grpo" and cfg.rounds == 2
     lay = RunLayout(cfg, rounds=cfg.rounds)
     ps = phases(cfg, lay, resume=True, overwrite=False)
-    assert [p.name for p in ps][4:] == ["phase 4: GRPO (round 1)", "phase 5: eval GRPO (round 1)",
-                                        "phase 4: GRPO (round 2)", "phase 5: eval GRPO (round 2)"]
+    assert [p.name for p in ps][4:] == ["grpo (round 1)", "eval_grpo (round 1)", "grpo (round 2)",
+                                        "eval_grpo (round 2)"]
     r1, r2 = lay.grpo(1), lay.grpo(2)
     assert r2.path == tmp_path / "checkpoints" / "grpo_lora_r2" and r2.inputs == (r1.summary,)
     assert r1.inputs == (lay.sft().summary,)

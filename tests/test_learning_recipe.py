@@ -377,6 +377,10 @@ def test_grpo_generation_paths_both_train(smoke_cfg, generation):
     assert [s for s, _ in summary["completion_lengths"]] == [1, 2] and all(0 < n <= 24 for _, n in summary["completion_lengths"])
     assert summary["peak_memory"]["peak_rss_gib"][0] > 0  # CPU: the process's peak resident set
     assert json.loads((cfg.path(cfg.grpo.output_dir) / "train_summary.json").read_text())["phase"] == "grpo"
+    from looper_math.config import fingerprint
+
+    # written by the scaffold SFT and DPO share (train_common.TrainerRun), so it carries the settings fingerprint too
+    assert summary["settings_fingerprint"] == fingerprint(cfg, "grpo") and summary["resumed_from"] is None
     events = list((cfg.path(cfg.grpo.output_dir) / "trainer" / "runs").glob("*/events.out.tfevents.*"))
     assert events, "grpo.report_to=tensorboard wrote no event file"
     sft = load_file(cfg.path(cfg.sft.output_dir) / "adapter_model.safetensors")
@@ -396,9 +400,9 @@ def test_run_with_policy_grpo_trains_rounds_of_grpo_and_skips_them_when_current(
                     "grpo.warmup_ratio=0", "grpo.temperature=1.5", "grpo.reward=regime_w", "eval.limit=4",
                     "eval.max_new_tokens=8")
     result = run_pipeline(cfg, rounds=2)
-    assert not any("rollouts" in p or "pairs" in p or "DPO" in p for p in result["phases_run"])
-    assert [p for p in result["phases_run"] if "GRPO" in p] == [
-        "phase 4: GRPO (round 1)", "phase 5: eval GRPO (round 1)", "phase 4: GRPO (round 2)", "phase 5: eval GRPO (round 2)"]
+    assert not any(p.startswith(("rollouts", "prefs", "dpo", "eval_dpo")) for p in result["phases_run"])
+    assert [p for p in result["phases_run"] if "grpo" in p] == [
+        "grpo (round 1)", "eval_grpo (round 1)", "grpo (round 2)", "eval_grpo (round 2)"]
     r1, r2 = cfg.path("checkpoints/grpo_lora"), cfg.path("checkpoints/grpo_lora_r2")
     s2 = json.loads((r2 / "train_summary.json").read_text())
     assert s2["init_adapter"] == str(r1)

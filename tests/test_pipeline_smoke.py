@@ -38,8 +38,7 @@ from conftest import REPO, smoke_overrides
 from looper_math.config import load_config, to_dict
 
 STATUSES = ("consensus", "revised", "verified")
-PHASES = ["phase 1: SFT", "phase 5: eval base model", "phase 5: eval SFT", "phase 2: rollouts", "phase 3: pairs",
-          "phase 4: DPO", "phase 5: eval DPO"]
+PHASES = ["sft", "eval_base", "eval_sft", "rollouts", "prefs", "dpo", "eval_dpo"]
 # rollouts rows: the DESIGN.md contract plus what the README adds (arm family, sampling settings, eval prompt)
 ROLLOUT_DESIGN_FIELDS = {"question_id", "sample_idx", "arm", "prompt", "full_text", "reasoning", "answer", "gold",
                          "correct", "num_tokens", "finished", "s_end", "s_path", "s_cf", "s_wm", "reward", "seed",
@@ -284,7 +283,7 @@ def test_rerun_skips_every_phase_and_touches_nothing(run):
 # --------------------------------------------------------------------------------------------- stale outputs (issue 11)
 
 SUMMARIES = {"sft": "checkpoints/sft_lora/train_summary.json", "dpo": "checkpoints/dpo_lora/train_summary.json",
-             "eval": "outputs/base_eval.summary.json", "eval_sft": "outputs/sft_eval.summary.json",
+             "eval_base": "outputs/base_eval.summary.json", "eval_sft": "outputs/sft_eval.summary.json",
              "eval_dpo": "outputs/dpo_eval.summary.json", "rollouts": "data/rollouts.summary.json",
              "prefs": "data/preferences.summary.json"}
 
@@ -308,9 +307,9 @@ def test_changed_setting_stops_before_any_work_naming_the_keys(run):
     with pytest.raises(StaleOutputError) as e:
         run_pipeline(c)
     msg = str(e.value)
-    assert "phase 2: rollouts" in msg and "rollouts.k 8 -> 4" in msg and "--rerun-changed" in msg and "\n" not in msg, msg
+    assert msg.startswith("rollouts: ") and "rollouts.k 8 -> 4" in msg and "--rerun-changed" in msg and "\n" not in msg, msg
     c.eval.answer_mode = "strict"  # the first phase it changes is the base-model eval
-    with pytest.raises(StaleOutputError, match=r"eval base model: settings changed since it ran: eval.answer_mode 'flexible' -> 'strict'"):
+    with pytest.raises(StaleOutputError, match=r"^eval_base: settings changed since it ran: eval.answer_mode 'flexible' -> 'strict'"):
         run_pipeline(c)
     assert file_state(Path(cfg.run_dir)) == before
 
@@ -331,7 +330,7 @@ def test_truncated_output_is_reported_not_skipped(run, tmp_path):
     rollouts = c.path(c.rollouts.output)
     lines = rollouts.read_text().splitlines(keepends=True)
     rollouts.write_text("".join(lines[:-1]))
-    with pytest.raises(StaleOutputError, match=rf"phase 2: rollouts: {rollouts} holds {len(lines) - 1} rows but rollouts.summary.json counts {len(lines)}"):
+    with pytest.raises(StaleOutputError, match=rf"^rollouts: {rollouts} holds {len(lines) - 1} rows but rollouts.summary.json counts {len(lines)}"):
         run_pipeline(c)
 
 
@@ -348,16 +347,16 @@ def test_damaged_finished_rollouts_stop_the_run_and_rerun_changed_rebuilds_them(
     good = rollouts.read_bytes()
     n = good.count(b"\n")
     rollouts.write_bytes(good[:-15])
-    with pytest.raises(StaleOutputError, match=rf"^phase 2: rollouts: {rollouts}:{n}: invalid JSON \(JSONDecodeError, no newline: "
+    with pytest.raises(StaleOutputError, match=rf"^rollouts: {rollouts}:{n}: invalid JSON \(JSONDecodeError, no newline: "
                                                rf"a torn last line\); rollouts.summary.json counts {n} rows; pass --rerun-changed"):
         run_pipeline(c)
     lines = good.split(b"\n")
     lines[2] = b"\x00" * len(lines[2])
     rollouts.write_bytes(b"\n".join(lines))
-    with pytest.raises(StaleOutputError, match=rf"^phase 2: rollouts: {rollouts}:3: invalid JSON"):
+    with pytest.raises(StaleOutputError, match=rf"^rollouts: {rollouts}:3: invalid JSON"):
         run_pipeline(c)
     result = run_pipeline(c, rerun_changed=True)
-    assert result["phases_run"] == ["phase 2: rollouts", "phase 3: pairs", "phase 4: DPO", "phase 5: eval DPO"]
+    assert result["phases_run"] == ["rollouts", "prefs", "dpo", "eval_dpo"]
     assert integrity_problem(rollouts, "rows") is None and rollouts.read_bytes().count(b"\n") == n
     assert run_pipeline(c)["phases_run"] == []  # intact again: every phase skipped
     dpo = c.path(c.dpo.output_dir)
@@ -373,8 +372,8 @@ def test_rerun_changed_reruns_the_changed_phases_then_all_current(run, tmp_path)
     c = _copy_run(cfg, tmp_path / "run")
     c.eval.limit = 4
     result = run_pipeline(c, rerun_changed=True)
-    assert result["phases_run"] == ["phase 5: eval base model", "phase 5: eval SFT", "phase 5: eval DPO"]
-    for phase in ("eval", "eval_sft", "eval_dpo"):
+    assert result["phases_run"] == ["eval_base", "eval_sft", "eval_dpo"]
+    for phase in ("eval_base", "eval_sft", "eval_dpo"):
         s = json.loads(c.path(SUMMARIES[phase]).read_text())
         assert s["n"] == 4 and s["settings_fingerprint"] == fingerprint(c, phase) != fingerprint(cfg, phase)
     assert result["compare"]["n"] == 4

@@ -160,6 +160,12 @@ def test_sft_output_folder(sft_run):
     assert summary["losses"][-1][1] < summary["losses"][0][1], "loss did not go down at lr 1e-2"
     assert yaml.safe_load((out / "resolved_config.yaml").read_text()) == to_dict(cfg)
     assert json.loads((out / "looper_base_model.json").read_text())["base_model"] == "tiny"
+    # the shared scaffold (train_common.TrainerRun): the settings fingerprint, the KV cache off in training,
+    # sft.save_total_limit reaching the Trainer
+    from looper_math.config import fingerprint
+
+    assert summary["settings_fingerprint"] == sft_run.summary["settings_fingerprint"] == fingerprint(cfg, "sft")
+    assert sft_run.trainer.model.config.use_cache is False and sft_run.trainer.args.save_total_limit == cfg.sft.save_total_limit
 
 
 @pytest.mark.parametrize("pad_is_eos", [False, True], ids=["own_pad", "pad_eq_eos"])
@@ -281,6 +287,12 @@ def test_dpo_moves_every_weight_and_leaves_sft_untouched(dpo_run):
     summary = json.loads((dpo_run.out / "train_summary.json").read_text())
     assert summary["pairs"] == len(PAIRS) and summary["steps"] == 3 and summary["init_adapter"] == str(dpo_run.sft_dir)
     assert yaml.safe_load((dpo_run.out / "resolved_config.yaml").read_text())["dpo"]["nll_weight"] == 0.0
+    from looper_math.config import fingerprint
+
+    assert summary["settings_fingerprint"] == dpo_run.summary["settings_fingerprint"] == fingerprint(dpo_run.cfg, "dpo")
+    # dpo.save_total_limit (default 2: the value dpo.py hard-coded before the key existed) reaches the Trainer
+    assert dpo_run.cfg.dpo.save_total_limit == 2 and dpo_run.trainer.args.save_total_limit == 2
+    assert dpo_run.trainer.model.config.use_cache is False
 
 
 def test_dpo_nll_weight_adds_the_sft_loss(dpo_run, monkeypatch):

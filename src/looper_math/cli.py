@@ -23,6 +23,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from looper_math.phases import TRAINED
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval.")
 
@@ -35,6 +37,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 # "No such option" (the README once said every command takes --config)
 NoConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", hidden=True)]
 NoSetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", hidden=True)]
+ADAPTERS = " | ".join(TRAINED)  # the trained adapters' names (phases.PHASES): sft | dpo | grpo
 
 
 def _no_config(command: str, config: Path | None, set: list[str] | None, reads: str) -> None:
@@ -195,7 +198,7 @@ def dpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False,
 
 @app.command("eval")
 def eval_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
-             adapter: Annotated[str, typer.Option(help="sft | dpo | grpo | none (base model) | path to an adapter folder.")] = "sft",
+             adapter: Annotated[str, typer.Option(help=f"{ADAPTERS} | none (base model) | path to an adapter folder.")] = "sft",
              output: Annotated[Path | None, typer.Option(help="Per-example JSONL (default from eval.*_output).")] = None,
              limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
              shard: Annotated[str | None, typer.Option(help="i/n: evaluate shard i of n (0-based).")] = None):

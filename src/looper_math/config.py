@@ -26,6 +26,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
 from looper_math.errors import ConfigError  # re-exported (its home is errors.py)
+from looper_math.phases import PHASES, TRAINED, TRAINER_LOGGING, eval_spec
 
 
 def _f(default: Any, help: str) -> Any:
@@ -187,6 +188,7 @@ class DPOConfig:
     max_grad_norm: Weight = _f(1.0, "Gradient clipping norm.")
     logging_steps: Count = _f(10, "Log every N steps.")
     save_steps: Count = _f(200, "Checkpoint every N steps.")
+    save_total_limit: Count | None = _f(2, "Keep at most N intermediate checkpoints (null: keep all).")
     seed: NonNeg = _f(42, "Training seed.")
     report_to: ReportTo = _report_to()
     trainer_args: dict[str, Any] = _trainer_args("DPOConfig", "{optim: adamw_torch_fused, label_smoothing: 0.1}")
@@ -397,9 +399,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-# The TRL config class of each section with `trainer_args`, and the arguments the phase sets itself from its own
-# settings (tests/test_trainer_args.py checks these lists against the calls in sft.py, dpo.py and grpo.py).
-TRAINER_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
+# The TRL config class of each section with `trainer_args` (phases.PHASES), and the arguments the phase sets itself
+# from its own settings (tests/test_trainer_args.py checks these lists against the calls in sft.py, dpo.py and grpo.py).
+TRAINER_CONFIGS = {s.section: s.trl_config for s in TRAINED.values()}
 TRAINER_ARGS_OWNED = {
     "sft": frozenset({
         "output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
@@ -482,38 +484,22 @@ def help_table(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str
     return rows
 
 
-# What shapes each phase's output: its own config sections or keys, and the phases whose outputs it reads
-# (their settings count too, so a fingerprint covers its inputs). Left out everywhere: NOT_SETTINGS.
-PHASE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "sft": (("model", "data", "lora", "sft"), ()),
-    "eval": (("model", "data", "eval"), ()),  # the base model, or an adapter given by path
-    "eval_sft": (("model", "data", "eval"), ("sft",)),
-    "eval_dpo": (("model", "data", "eval"), ("dpo",)),
-    "rollouts": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ("sft",)),
-    # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from
-    "rollouts_base": (("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ()),
-    "prefs": (("prefs",), ("rollouts",)),
-    "dpo": (("dpo",), ("prefs", "sft")),
-    "grpo": (("grpo", "regime_w", "eval.answer_mode", "eval.protocol", "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ("sft",)),
-    "eval_grpo": (("model", "data", "eval"), ("grpo",)),
-}
-# where outputs go and how often progress is logged or checkpointed: not what an output holds
-NOT_SETTINGS = frozenset({"sft.output_dir", "sft.logging_steps", "sft.save_steps", "sft.save_total_limit",
-                          "rollouts.output", "prefs.output", "dpo.output_dir", "dpo.logging_steps", "dpo.save_steps",
-                          "eval.base_output", "eval.sft_output", "eval.dpo_output", "sft.rft_rollouts",
-                          "grpo.output_dir", "grpo.logging_steps", "grpo.save_steps", "grpo.save_total_limit", "eval.grpo_output",
-                          "rollouts.score_workers", "sft.report_to", "dpo.report_to", "grpo.report_to"})  # sft.rft_extra stays a setting: it changes the data
+# Left out of every phase's settings: where outputs go, and how often a trainer logs or checkpoints and where its
+# metrics go (not what an output holds). The phases themselves (settings, inputs, output keys) are phases.PHASES.
+NOT_SETTINGS = frozenset({s.output for s in PHASES.values()}  # sft.rft_rollouts among them; sft.rft_extra stays a setting: it changes the data
+                         | {f"{s.section}.{k}" for s in TRAINED.values() for k in TRAINER_LOGGING}
+                         | {"rollouts.score_workers"})
 
 
 def eval_phase(adapter: str | None) -> str:
-    """The PHASE_SETTINGS key of an evaluation of ``adapter`` (sft | dpo | grpo | none | a path)."""
-    return {"sft": "eval_sft", "dpo": "eval_dpo", "grpo": "eval_grpo"}.get(str(adapter), "eval")
+    """The phase name of an evaluation of ``adapter`` (sft | dpo | grpo | none | a path)."""
+    return eval_spec(adapter).name
 
 
 def _phase_keys(phase: str) -> list[str]:
-    own, after = PHASE_SETTINGS[phase]
-    keys = list(own)
-    for up in after:
+    spec = PHASES[phase]
+    keys = list(spec.settings)
+    for up in spec.inputs:
         keys += [k for k in _phase_keys(up) if k not in keys]
     return keys
 

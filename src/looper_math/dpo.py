@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from looper_math.config import Config, fingerprint
+from looper_math.config import Config
 from looper_math.layout import check_intact
 from looper_math.modeling import chat_end_token, load_model_with_adapter, load_tokenizer, resolve_device
-from looper_math.runio import DataError, check_output
+from looper_math.runio import DataError
 from looper_math.schemas import PairRow, read_rows
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
-                                      launched_state, loss_line, losses, peak_memory, prepare_output, save_final, resume_and_train)
+from looper_math.train_common import (TrainerRun, configure_cuda_training, drop_too_long, is_main, launched_state, loss_line,
+                                      losses)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")  # the fields of schemas.PairRow DPO trains on
 
@@ -76,14 +76,12 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
               init_adapter: str | None = None) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    out_dir = cfg.path(cfg.dpo.output_dir)
     pairs_path = pairs_path or cfg.path(cfg.prefs.output)
     init_adapter = init_adapter or cfg.dpo.init_adapter
     pairs = load_pairs(pairs_path)  # validate before touching the output
-    mode = check_output(out_dir, resume=resume, overwrite=overwrite)
-    if mode == "resume" and is_complete(out_dir):
-        print(f"dpo: {out_dir} is complete; nothing to do")
-        return {"skipped": True, "output_dir": str(out_dir)}
+    run = TrainerRun(cfg, "dpo", resume=resume, overwrite=overwrite)
+    if run.complete:
+        return run.skipped()
     device = resolve_device(cfg)
     dist = launched_state(device)  # under accelerate launch: this rank's process group and GPU
     tokenizer = load_tokenizer(cfg)
@@ -96,45 +94,38 @@ def train_dpo(cfg: Config, *, resume: bool = False, overwrite: bool = False, pai
     model, init_dir = load_model_with_adapter(cfg, init_adapter, device, trainable=True)
     if init_dir is None:
         raise DataError(f"dpo.init_adapter={init_adapter!r}: DPO continues from an adapter (train SFT first)")
-    model.config.use_cache = False
-    prepare_output(dist, mode, out_dir, cfg)
+    run.prepare(dist, model)
     d = cfg.dpo
     bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"
     args = DPOConfig(
-        output_dir=str(out_dir / "trainer"), beta=d.beta,
+        output_dir=run.trainer_dir, beta=d.beta,
         loss_type=["sigmoid", "sft"] if d.nll_weight > 0 else ["sigmoid"],
         loss_weights=[1.0, d.nll_weight] if d.nll_weight > 0 else None,
         learning_rate=d.learning_rate, lr_scheduler_type=d.lr_scheduler, warmup_steps=d.warmup_ratio,
         num_train_epochs=d.epochs, max_steps=d.max_steps, per_device_train_batch_size=d.batch_size,
         gradient_accumulation_steps=d.grad_accum, max_length=d.max_length, max_grad_norm=d.max_grad_norm,
         gradient_checkpointing=d.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=2,
+        bf16=bf16, fp16=False, logging_steps=d.logging_steps, save_steps=d.save_steps, save_total_limit=d.save_total_limit,
         seed=d.seed, data_seed=d.seed, report_to=d.report_to, use_cpu=device == "cpu", logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every trainable LoRA weight gets a gradient
         **d.trainer_args,  # the rest of TRL's DPOConfig, as the config gives it (keys checked at load)
     )
-    meter = Throughput()
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
-    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "dpo", on_resume=lambda c: _load_trained_adapter(trainer.model, Path(c)))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=run.callbacks)
+    run.train(trainer, on_resume=lambda c: _load_trained_adapter(trainer.model, Path(c)))
     # Save only the trained "default" adapter; the frozen "ref" copy is an implementation detail of TRL.
     if "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")
     hist = trainer.state.log_history
     pairs_per_step = d.batch_size * d.grad_accum * trainer.args.world_size
-    steady = meter.steady()
-    if "steady_seconds_per_step" in steady:
-        steady["steady_pairs_per_s"] = round(pairs_per_step / steady["steady_seconds_per_step"], 2)
-    summary = {
-        "phase": "dpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
-        "pairs": len(train_ds), "dropped_too_long": dropped, "steps": trainer.state.global_step,
-        "train_loss": train_loss, "losses": losses(hist), "seconds": round(seconds, 2),
-        "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / seconds, 2) if d.max_steps < 0 else
-        round(trainer.state.global_step * pairs_per_step / seconds, 2),
-        "processes": trainer.args.world_size, **steady, "peak_memory": peak_memory(trainer),
-        "first_logged": next((h for h in hist if "loss" in h), None), "resumed_from": ckpt,
-        "settings_fingerprint": fingerprint(cfg, "dpo"),
-    }
-    save_final(trainer, tokenizer, out_dir, cfg, summary)
+    steady = run.meter.steady()
+    summary = run.save(trainer, tokenizer, {
+        "init_adapter": str(init_dir), "pairs": len(train_ds), "dropped_too_long": dropped, "losses": losses(hist),
+        "pairs_per_s": round(len(train_ds) * max(d.epochs, 0) / run.seconds, 2) if d.max_steps < 0 else
+        round(trainer.state.global_step * pairs_per_step / run.seconds, 2),
+        **({"steady_pairs_per_s": round(pairs_per_step / steady["steady_seconds_per_step"], 2)}
+           if "steady_seconds_per_step" in steady else {}),
+        "first_logged": next((h for h in hist if "loss" in h), None),
+    })
     if is_main(dist):
-        print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, {loss_line(hist)}, adapter -> {out_dir}")
+        print(f"dpo: {summary['steps']} steps on {len(train_ds)} pairs, {loss_line(hist)}, adapter -> {run.out_dir}")
     return summary

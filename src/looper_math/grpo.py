@@ -35,11 +35,10 @@ from looper_math.engine.api import GenRequest, encode_prompts, fast_options, gen
 from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
-from looper_math.runio import DataError, check_output
+from looper_math.runio import DataError
 from looper_math.seeds import stable_seed
 from looper_math.task import GSM8K
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, is_complete, is_main,
-                                       launched_state, loss_line, peak_memory, prepare_output, save_final, resume_and_train)
+from looper_math.train_common import TrainerRun, configure_cuda_training, is_main, launched_state, loss_line
 
 
 def completion_text(completion) -> str:
@@ -169,11 +168,9 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
     from trl import GRPOConfig, GRPOTrainer
 
     g = cfg.grpo
-    out_dir = cfg.path(g.output_dir)
-    mode = check_output(out_dir, resume=resume, overwrite=overwrite)
-    if mode == "resume" and is_complete(out_dir):
-        print(f"grpo: {out_dir} is complete; nothing to do")
-        return {"skipped": True, "output_dir": str(out_dir)}
+    run = TrainerRun(cfg, "grpo", resume=resume, overwrite=overwrite)
+    if run.complete:
+        return run.skipped()
     if (g.batch_size * g.grad_accum) % g.num_generations:
         raise DataError(f"grpo: batch_size x grad_accum ({g.batch_size} x {g.grad_accum}) must be a multiple of "
                         f"grpo.num_generations ({g.num_generations}): each step scores whole groups")
@@ -190,10 +187,10 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
     model, init_dir = load_model_with_adapter(cfg, g.init_adapter, device, trainable=True)
     if init_dir is None:
         raise DataError(f"grpo.init_adapter={g.init_adapter!r}: GRPO continues from an adapter (train SFT first)")
-    prepare_output(dist, mode, out_dir, cfg)
+    run.prepare(dist, model, generates=True)  # grpo.generation trl samples with model.generate: keep its KV cache
     bf16 = device == "cuda" and str(next(model.parameters()).dtype) == "torch.bfloat16"
     args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"), learning_rate=g.learning_rate, lr_scheduler_type=g.lr_scheduler,
+        output_dir=run.trainer_dir, learning_rate=g.learning_rate, lr_scheduler_type=g.lr_scheduler,
         warmup_steps=g.warmup_ratio, num_train_epochs=g.epochs, max_steps=g.max_steps,
         per_device_train_batch_size=g.batch_size, gradient_accumulation_steps=g.grad_accum,
         num_generations=g.num_generations, max_completion_length=g.max_completion_length, temperature=g.temperature,
@@ -204,34 +201,29 @@ def train_grpo(cfg: Config, *, resume: bool = False, overwrite: bool = False) ->
         disable_dropout=True,  # the sampled policy (dropout off) is the one the loss scores
         **g.trainer_args,  # the rest of TRL's GRPOConfig, as the config gives it (keys checked at load)
     )
-    meter = Throughput()
     rollout = None
     if g.generation == "looper":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental; we test it
         rollout = MergedRollouts(cfg, tokenizer, device)
     trainer = GRPOTrainer(model=model, reward_funcs=[grpo_reward(cfg)], args=args, train_dataset=train_ds,
-                          processing_class=tokenizer, callbacks=[NonFiniteGuard(), DropPickledArgs(), meter],
+                          processing_class=tokenizer, callbacks=run.callbacks,
                           rollout_func=rollout)
-    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "grpo")
+    run.train(trainer)
     hist = trainer.state.log_history
     rewards = [(h["step"], h["reward"]) for h in hist if "reward" in h]
     lengths = [(h["step"], h[LENGTH_KEY]) for h in hist if LENGTH_KEY in h]
-    summary = {
-        "phase": "grpo", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "init_adapter": str(init_dir),
-        "questions": len(train_ds), "num_generations": g.num_generations, "generation": g.generation, "steps": trainer.state.global_step,
-        "train_loss": train_loss, "rewards": rewards, "completion_lengths": lengths, "seconds": round(seconds, 2), "resumed_from": ckpt,
-        "processes": trainer.args.world_size, **meter.steady(), "peak_memory": peak_memory(trainer),
-    }
+    fields = {"init_adapter": str(init_dir), "questions": len(train_ds), "num_generations": g.num_generations,
+              "generation": g.generation, "rewards": rewards, "completion_lengths": lengths}
     if rollout is not None:  # where a step's time goes: sampling (this process's engine) vs TRL's scoring and training
-        summary["sampling_seconds"] = round(rollout.seconds, 2)
-        summary["sampling_calls"] = rollout.calls
-        summary["sampling_first_call_seconds"] = round(rollout.first_seconds or 0.0, 2)
-        summary["sampling_share"] = round(rollout.seconds / seconds, 4) if seconds > 0 else None
-    save_final(trainer, tokenizer, out_dir, cfg, summary)
+        fields["sampling_seconds"] = round(rollout.seconds, 2)
+        fields["sampling_calls"] = rollout.calls
+        fields["sampling_first_call_seconds"] = round(rollout.first_seconds or 0.0, 2)
+        fields["sampling_share"] = round(rollout.seconds / run.seconds, 4) if run.seconds > 0 else None
+    summary = run.save(trainer, tokenizer, fields)
     if is_main(dist):
         first, last = (rewards[0][1], rewards[-1][1]) if rewards else (None, None)
         print(f"grpo: {summary['steps']} steps on {len(train_ds)} questions x {g.num_generations}, {loss_line(hist)}, "
-              f"mean reward {first} -> {last}, adapter -> {out_dir}")
+              f"mean reward {first} -> {last}, adapter -> {run.out_dir}")
         warning = collapse_warning(lengths)
         if warning:
             print(f"grpo: warning: {warning}")

@@ -37,7 +37,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from looper_math.config import Config, changed_settings, eval_phase
+from looper_math.config import Config, changed_settings
+from looper_math.phases import EVALS, PHASES, eval_spec
 from looper_math.runio import DataError, atomic_write_json, clear_output, read_json
 
 SHARD_TAG = ".shard-"
@@ -164,15 +165,12 @@ def round_config(cfg: Config, r: int) -> Config:
     (DPO's, or GRPO's with the next seed)."""
     c = copy.deepcopy(cfg)
     if r > 1:
-        c.rollouts.output = _suffixed(cfg.rollouts.output, r)
-        c.prefs.output = _suffixed(cfg.prefs.output, r)
-        c.dpo.output_dir = _suffixed(cfg.dpo.output_dir, r)
-        c.eval.dpo_output = _suffixed(cfg.eval.dpo_output, r)
+        for spec in PHASES.values():
+            if spec.per_round:  # rollouts, pairs, dpo, grpo and their evaluations
+                spec.set_output(c, _suffixed(spec.output_in(cfg), r))
         prev = str(cfg.path(_suffixed(cfg.dpo.output_dir, r - 1)))
         c.rollouts.adapter = prev
         c.dpo.init_adapter = prev
-        c.grpo.output_dir = _suffixed(cfg.grpo.output_dir, r)
-        c.eval.grpo_output = _suffixed(cfg.eval.grpo_output, r)
         c.grpo.init_adapter = str(cfg.path(_suffixed(cfg.grpo.output_dir, r - 1)))
         c.grpo.seed = cfg.grpo.seed + r - 1  # other questions in another order
     return c
@@ -194,7 +192,7 @@ class Output:
     """One output of a phase: where it is, its summary and resolved config, and how to tell it is current."""
 
     cfg: Config | None  # None for an output found by RunLayout.discover (no config known)
-    phase: str  # its config.PHASE_SETTINGS key
+    phase: str  # its phases.PHASES name (a discovered output: its kind, eval | rollouts | prefs | train)
     path: Path  # the JSONL file or the adapter folder
     count_key: str | None = None  # the summary field that counts the JSONL's rows
     inputs: tuple[Path, ...] = ()  # summaries of the outputs it was built from
@@ -253,45 +251,43 @@ class RunLayout:
         if self.cfg is not None:
             self.run_dir = Path(self.cfg.run_dir)
 
-    # ---- one output each
+    # ---- one output each: path, row-count key and label from its phases.PHASES spec; the inputs chain the rounds
+    def _output(self, name: str, c: Config, inputs: tuple[Path, ...] = (), r: int = 1) -> Output:
+        spec = PHASES[name]
+        return Output(c, name, c.path(spec.output_in(c)), spec.count_key, inputs, spec.label + _tag(r))
+
     def rollouts_base(self) -> Output | None:
         """The base model's rollouts that rft SFT learns from, or None when sft.data uses no rft data."""
         c0 = rft_rollouts_config(self.cfg)
-        return None if c0 is None else Output(c0, "rollouts_base", c0.path(c0.rollouts.output), "rows", label="rollouts_base")
+        return None if c0 is None else self._output("rollouts_base", c0)
 
     def sft(self) -> Output:
         rb = self.rollouts_base()
-        return Output(self.cfg, "sft", self.cfg.path(self.cfg.sft.output_dir), None, (rb.summary,) if rb else (), "sft")
+        return self._output("sft", self.cfg, (rb.summary,) if rb else ())
 
     def eval(self, adapter: str | None, r: int = 1) -> Output:
         """The evaluation of ``adapter`` (sft | dpo | grpo | none | a path); ``dpo`` / ``grpo`` of round ``r``."""
-        c = round_config(self.cfg, r) if adapter in ("dpo", "grpo") else self.cfg
-        name = {None: c.eval.base_output, "none": c.eval.base_output, "sft": c.eval.sft_output, "dpo": c.eval.dpo_output,
-                "grpo": c.eval.grpo_output}.get(adapter)
-        if name is None:
-            name = f"outputs/{Path(adapter).name}_eval.jsonl"
-        trained = {"sft": self.sft, "dpo": lambda: self.dpo(r), "grpo": lambda: self.grpo(r)}.get(str(adapter))
-        inputs = (trained().summary,) if trained else ()
-        label = {None: "base", "none": "base", "sft": "sft", "dpo": "dpo" + _tag(r), "grpo": "grpo" + _tag(r)}.get(
-            adapter, Path(adapter or "").name)
-        return Output(c, eval_phase(adapter), c.path(name), "n", inputs, label)
+        spec = eval_spec(adapter)
+        if adapter is not None and adapter not in EVALS:  # an adapter outside the run, evaluated like the base model
+            return Output(self.cfg, spec.name, self.cfg.path(f"outputs/{Path(adapter).name}_eval.jsonl"), spec.count_key,
+                          label=Path(adapter).name)
+        r = r if spec.per_round else 1
+        trained = {"sft": self.sft, "dpo": lambda: self.dpo(r), "grpo": lambda: self.grpo(r)}
+        inputs = tuple(trained[i]().summary for i in spec.inputs)
+        return self._output(spec.name, round_config(self.cfg, r) if spec.per_round else self.cfg, inputs, r)
 
     def rollouts(self, r: int = 1) -> Output:
-        c = round_config(self.cfg, r)
-        return Output(c, "rollouts", c.path(c.rollouts.output), "rows", (self._adapter_summary(r),), "rollouts" + _tag(r))
+        return self._output("rollouts", round_config(self.cfg, r), (self._adapter_summary(r),), r)
 
     def prefs(self, r: int = 1) -> Output:
-        c = round_config(self.cfg, r)
-        return Output(c, "prefs", c.path(c.prefs.output), "pairs", (self.rollouts(r).summary,), "pairs" + _tag(r))
+        return self._output("prefs", round_config(self.cfg, r), (self.rollouts(r).summary,), r)
 
     def dpo(self, r: int = 1) -> Output:
-        c = round_config(self.cfg, r)
-        return Output(c, "dpo", c.path(c.dpo.output_dir), None, (self.prefs(r).summary, self._adapter_summary(r)), "dpo" + _tag(r))
+        return self._output("dpo", round_config(self.cfg, r), (self.prefs(r).summary, self._adapter_summary(r)), r)
 
     def grpo(self, r: int = 1) -> Output:
-        c = round_config(self.cfg, r)
         start = self.sft().summary if r == 1 else self.grpo(r - 1).summary
-        return Output(c, "grpo", c.path(c.grpo.output_dir), None, (start,), "grpo" + _tag(r))
+        return self._output("grpo", round_config(self.cfg, r), (start,), r)
 
     def _adapter_summary(self, r: int) -> Path:
         """The adapter round r samples from and starts DPO from: SFT for round 1, round r-1's DPO after."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from looper_math.errors import ModelError  # re-exported (its home is errors.py)
+from looper_math.phases import TRAINED
 
 
 def __getattr__(name: str):
@@ -179,15 +180,12 @@ def convert_gguf(src_dir: str, gguf_file: str, dst: Path, dtype: torch.dtype = t
 
 
 def adapter_path(cfg, which: str | None) -> Path | None:
-    """'sft' / 'dpo' / 'grpo' -> the configured output dir; 'none' / None -> base model; anything else -> a path."""
+    """A trained adapter's name (phases.TRAINED: 'sft' / 'dpo' / 'grpo') -> its configured output dir; 'none' / None ->
+    base model; anything else -> a path."""
     if which in (None, "none", "base"):
         return None
-    if which == "sft":
-        return cfg.path(cfg.sft.output_dir)
-    if which == "dpo":
-        return cfg.path(cfg.dpo.output_dir)
-    if which == "grpo":
-        return cfg.path(cfg.grpo.output_dir)
+    if which in TRAINED:
+        return cfg.path(TRAINED[which].output_in(cfg))
     return Path(which)
 
 

@@ -3,12 +3,15 @@
 [rollouts from the base model, when sft.data uses rft] -> SFT -> eval (base, SFT) -> [rollouts -> pairs -> DPO
 -> eval] x rounds (``policy: dpo``) or [GRPO -> eval] x rounds (``policy: grpo``) -> compare SFT vs the last
 round -> report.
-The run is a list of :class:`Phase` objects (name, output, is_complete, run, summarize) built from the run's layout
-(``layout.RunLayout``). Without ``--overwrite`` the run continues: complete phases are skipped (a phase is
-complete once the summary its output's layout names exists; every phase writes it last) and partial ones
-resume. A complete phase is skipped only while it is current (``layout.Output.problem``): its settings (``config.PHASE_SETTINGS``, its inputs' included) equal those in the
-resolved config written with it, its inputs are not newer than it, and it is still what its summary
-recorded (rows and checksum, ``layout.integrity_problem``: a torn or corrupt line is caught). Otherwise the run stops with one line naming the changed keys (or the file), before that
+The run is a list of :class:`Phase` objects (name, output, is_complete, run) built from the run's layout
+(``layout.RunLayout``), each named by its ``phases.PHASES`` spec in run order (``rollouts_base``, ``sft``,
+``eval_base``, ``eval_sft``, then ``rollouts``, ``prefs``, ``dpo``, ``eval_dpo`` or ``grpo``, ``eval_grpo``, with
+`` (round r)`` when there are several rounds). Without ``--overwrite`` the run continues: complete phases are
+skipped (a phase is complete once the summary its output's layout names exists; every phase writes it last)
+and partial ones resume. A complete phase is skipped only while it is current (``layout.Output.problem``): its
+settings (its spec's and its inputs', ``config.phase_settings``) equal those in the resolved config written
+with it, its inputs are not newer than it, and it is still what its summary recorded (rows and checksum,
+``layout.integrity_problem``: a torn or corrupt line is caught). Otherwise the run stops with one line naming the changed keys (or the file), before that
 phase; ``--rerun-changed`` reruns such a phase from scratch instead (and so, through the same checks,
 everything downstream of it). Round r > 1 samples from round r-1's DPO adapter and
 continues DPO from it (reference = that adapter), Iterative-RPO style; with ``policy: grpo`` round r > 1
@@ -22,12 +25,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from looper_math.config import Config
 from looper_math.layout import Output, RunLayout, round_config
 from looper_math.errors import StaleOutputError, UsageError
-from looper_math.runio import read_json
 
 
 @dataclass
@@ -42,16 +43,6 @@ class Phase:
     def is_complete(self) -> bool:
         return self.output.complete
 
-    def summarize(self) -> dict:
-        """What the phase's output summary says (the file every phase writes last); {} before it is complete."""
-        return read_json(self.output.summary) if self.is_complete else {}
-
-
-def report_is_current(run_dir_or_layout: Path | RunLayout) -> bool:
-    """The report page exists and none of the files the layout names is newer (see RunLayout.report_is_current)."""
-    layout = run_dir_or_layout if isinstance(run_dir_or_layout, RunLayout) else RunLayout.discover(Path(run_dir_or_layout))
-    return layout.report_is_current()
-
 
 def phases(cfg: Config, layout: RunLayout, *, resume: bool, overwrite: bool) -> list[Phase]:
     """The phases of a run, in order: [base rollouts for rft SFT], SFT, eval base, eval SFT, then per round
@@ -63,30 +54,34 @@ def phases(cfg: Config, layout: RunLayout, *, resume: bool, overwrite: bool) -> 
     from looper_math.rollouts import collect_rollouts
     from looper_math.sft import train_sft
 
+    def phase(output: Output, run: Callable[[], object], tag: str = "") -> Phase:
+        return Phase(output.phase + tag, output, run)  # the output's phase is its phases.PHASES name
+
     out: list[Phase] = []
     base = layout.rollouts_base()
     if base is not None:
-        out.append(Phase("phase 2: rollouts from the base model (RFT data for SFT)", base,
-                         lambda: collect_rollouts(base.cfg, resume=resume, overwrite=overwrite)))
-    out.append(Phase("phase 1: SFT", layout.sft(), lambda: train_sft(cfg, resume=resume, overwrite=overwrite)))
-    out.append(Phase("phase 5: eval base model", layout.eval("none"), lambda: evaluate(cfg, "none", resume=resume, overwrite=overwrite)))
-    out.append(Phase("phase 5: eval SFT", layout.eval("sft"), lambda: evaluate(cfg, "sft", resume=resume, overwrite=overwrite)))
+        out.append(phase(base, lambda: collect_rollouts(base.cfg, resume=resume, overwrite=overwrite)))
+    out += [
+        phase(layout.sft(), lambda: train_sft(cfg, resume=resume, overwrite=overwrite)),
+        phase(layout.eval("none"), lambda: evaluate(cfg, "none", resume=resume, overwrite=overwrite)),
+        phase(layout.eval("sft"), lambda: evaluate(cfg, "sft", resume=resume, overwrite=overwrite)),
+    ]
     for r in range(1, layout.rounds + 1):
         c = round_config(cfg, r)
         tag = f" (round {r})" if layout.rounds > 1 else ""
         if cfg.policy == "grpo":
             out += [
-                Phase(f"phase 4: GRPO{tag}", layout.grpo(r), lambda c=c: train_grpo(c, resume=resume, overwrite=overwrite)),
-                Phase(f"phase 5: eval GRPO{tag}", layout.eval("grpo", r), lambda c=c: evaluate(c, "grpo", resume=resume, overwrite=overwrite)),
+                phase(layout.grpo(r), lambda c=c: train_grpo(c, resume=resume, overwrite=overwrite), tag),
+                phase(layout.eval("grpo", r), lambda c=c: evaluate(c, "grpo", resume=resume, overwrite=overwrite), tag),
             ]
             continue
         rollouts, prefs = layout.rollouts(r), layout.prefs(r)
         out += [
-            Phase(f"phase 2: rollouts{tag}", rollouts, lambda c=c: collect_rollouts(c, resume=resume, overwrite=overwrite)),
+            phase(rollouts, lambda c=c: collect_rollouts(c, resume=resume, overwrite=overwrite), tag),
             # pairs are rebuilt whole: an incomplete pairs file (no summary) is replaced
-            Phase(f"phase 3: pairs{tag}", prefs, lambda c=c, i=rollouts.path, o=prefs.path: run_prefs(c, i, o, overwrite=True)),
-            Phase(f"phase 4: DPO{tag}", layout.dpo(r), lambda c=c: train_dpo(c, resume=resume, overwrite=overwrite)),
-            Phase(f"phase 5: eval DPO{tag}", layout.eval("dpo", r), lambda c=c: evaluate(c, "dpo", resume=resume, overwrite=overwrite)),
+            phase(prefs, lambda c=c, i=rollouts.path, o=prefs.path: run_prefs(c, i, o, overwrite=True), tag),
+            phase(layout.dpo(r), lambda c=c: train_dpo(c, resume=resume, overwrite=overwrite), tag),
+            phase(layout.eval("dpo", r), lambda c=c: evaluate(c, "dpo", resume=resume, overwrite=overwrite), tag),
         ]
     return out
 

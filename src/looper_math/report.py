@@ -43,6 +43,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from looper_math.compare import compare  # noqa: E402
 from looper_math.layout import Output, RunLayout, check_intact  # noqa: E402
+from looper_math.phases import EVALS  # noqa: E402
 from looper_math.runio import DataError, atomic_write_text, read_json  # noqa: E402
 from looper_math.schemas import PairRow, RolloutRow, read_rows  # noqa: E402
 
@@ -51,7 +52,9 @@ EVAL_KEYS = ("accuracy_strict", "accuracy_flexible", "ci95_strict", "n", "checkp
 # the fields of schemas.RolloutRow / PairRow the report reads
 ROLLOUT_KEYS = ("question_id", "arm", "correct", "finished", "reward", *SCORES)
 PAIR_KEYS = ("question_id", "pair_type", "chosen_reward", "rejected_reward", "chosen_s_wm", "rejected_s_wm")
-PHASE_ORDER = ("base", "sft", "dpo", "coherence")
+# The evaluations' labels in run order (base, sft, dpo, grpo), and "coherence", the DPO outputs' word in
+# configs/abel7b.yaml (abel_coherence_lora), so a run dir found without its config ranks them with DPO's.
+PHASE_ORDER = tuple(t for s in EVALS.values() for t in ((s.label, "coherence") if s.name == "eval_dpo" else (s.label,)))
 CHARTS = ("accuracy_by_phase.png", "arms.png", "score_distributions.png", "loss_curves.png")
 
 # One palette for every chart so a phase / outcome keeps its colour across the page.

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from looper_math.config import Config, ConfigError, fingerprint
+from looper_math.config import Config, ConfigError
 from looper_math.data import load_split
 from looper_math.layout import check_intact, rft_rollouts_config
 from looper_math.modeling import chat_end_token, load_model, load_tokenizer, resolve_device, resolve_dtype
 from looper_math.prompts import sft_example
 from looper_math.answers import extract_answer
-from looper_math.runio import DataError, check_output
+from looper_math.runio import DataError
 from looper_math.schemas import RolloutRow, read_rows
-from looper_math.train_common import (DropPickledArgs, NonFiniteGuard, Throughput, configure_cuda_training, drop_too_long, is_complete, is_main,
-                                      launched_state, loss_line, losses, peak_memory, peft_lora_config, prepare_output, save_final, resume_and_train)
+from looper_math.train_common import (TrainerRun, configure_cuda_training, drop_too_long, is_main, launched_state, loss_line, losses,
+                                      peft_lora_config)
 
 
 def rft_targets(paths: Path | list[Path], per_question: int, question_ids: set[str] | None = None) -> dict[str, list[str]]:
@@ -98,11 +98,9 @@ def build_dataset(cfg: Config, tokenizer):
 def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict:
     from trl import SFTConfig, SFTTrainer
 
-    out_dir = cfg.path(cfg.sft.output_dir)
-    mode = check_output(out_dir, resume=resume, overwrite=overwrite)
-    if mode == "resume" and is_complete(out_dir):
-        print(f"sft: {out_dir} is complete; nothing to do")
-        return {"skipped": True, "output_dir": str(out_dir)}
+    run = TrainerRun(cfg, "sft", resume=resume, overwrite=overwrite)
+    if run.complete:
+        return run.skipped()
     device = resolve_device(cfg)
     if cfg.sft.use_liger_kernel:
         import importlib.util
@@ -117,12 +115,11 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
     train_ds, dropped = build_dataset(cfg, tokenizer)
     configure_cuda_training()
     model = load_model(cfg, device, dtype)
-    model.config.use_cache = False
-    prepare_output(dist, mode, out_dir, cfg)
+    run.prepare(dist, model)
     s = cfg.sft
     bf16 = device == "cuda" and str(dtype) == "torch.bfloat16"
     args = SFTConfig(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=run.trainer_dir,
         num_train_epochs=s.epochs, max_steps=s.max_steps,
         learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio,
         weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
@@ -137,23 +134,14 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> 
         ddp_find_unused_parameters=False,  # under accelerate launch (DDP): every LoRA weight gets a gradient
         **s.trainer_args,  # the rest of TRL's SFTConfig, as the config gives it (keys checked at load)
     )
-    meter = Throughput()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_lora_config(cfg), callbacks=[NonFiniteGuard(), DropPickledArgs(), meter])
-    train_loss, seconds, ckpt = resume_and_train(trainer, out_dir, mode, "sft")
-    hist = trainer.state.log_history
-    summary = {
-        "phase": "sft", "smoke": cfg.smoke, "base_model": cfg.model.name_or_path, "data": cfg.sft.data, "examples": len(train_ds),
-        "dropped_too_long": dropped, "steps": trainer.state.global_step, "train_loss": train_loss,
-        "losses": losses(hist), "seconds": round(seconds, 2), "resumed_from": ckpt,
-        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1) if trainer.state.num_input_tokens_seen else None,
-        "processes": trainer.args.world_size, **meter.steady(), "peak_memory": peak_memory(trainer), "settings_fingerprint": fingerprint(cfg, "sft"),
-    }
-    save_final(trainer, tokenizer, out_dir, cfg, summary)
+                         peft_config=peft_lora_config(cfg), callbacks=run.callbacks)
+    run.train(trainer)
+    hist, seen = trainer.state.log_history, trainer.state.num_input_tokens_seen
+    summary = run.save(trainer, tokenizer, {
+        "data": cfg.sft.data, "examples": len(train_ds), "dropped_too_long": dropped, "losses": losses(hist),
+        "train_tokens_per_s": round(seen / run.seconds, 1) if seen else None,
+    })
     if is_main(dist):
-        print(f"sft: {summary['steps']} steps, {loss_line(hist)}, adapter -> {out_dir}")
+        print(f"sft: {summary['steps']} steps, {loss_line(hist)}, adapter -> {run.out_dir}")
     return summary
-
-
-def sft_complete(cfg: Config) -> bool:
-    return is_complete(Path(cfg.path(cfg.sft.output_dir)))

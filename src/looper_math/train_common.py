@@ -1,6 +1,7 @@
-"""Pieces shared by the SFT and DPO recipes: LoRA config, non-finite guard, resume, final save.
+"""Pieces shared by the trainer phases (sft.py, dpo.py, grpo.py): :class:`TrainerRun`, the scaffold each of them
+runs through (output check, resume, train, final save, summary), LoRA config, non-finite guard, throughput.
 
-Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir``)::
+Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir`` / ``grpo.output_dir``)::
 
     adapter_config.json, adapter_model.safetensors   the final adapter (PEFT, safetensors only)
     tokenizer files, resolved_config.yaml, looper_base_model.json, log_history.json
@@ -28,8 +29,10 @@ from transformers import TrainerCallback
 
 from looper_math.errors import NonFiniteLossError  # noqa: F401 - re-exported (its home is errors.py)
 
+from looper_math.config import fingerprint
 from looper_math.layout import summary_of, write_summary
-from looper_math.runio import share_files
+from looper_math.phases import PHASES
+from looper_math.runio import check_output, share_files
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -154,19 +157,6 @@ def train_or_finish(trainer, ckpt: str | None) -> float:
         return sum(logged) / len(logged) if logged else float("nan")
 
 
-def resume_and_train(trainer, out_dir: Path, mode: str, phase: str, on_resume=None) -> tuple[float, float, str | None]:
-    """Train from the newest complete checkpoint when resuming (``on_resume(ckpt)`` runs first), else from
-    scratch; returns (training loss, seconds, the checkpoint resumed from or None)."""
-    ckpt = last_checkpoint(Path(out_dir) / "trainer") if mode == "resume" else None
-    if ckpt:
-        print(f"{phase}: resuming from {ckpt}")
-        if on_resume is not None:
-            on_resume(ckpt)
-    t0 = time.time()
-    loss = train_or_finish(trainer, ckpt)
-    return loss, time.time() - t0, ckpt
-
-
 def peft_lora_config(cfg):
     from peft import LoraConfig
 
@@ -222,20 +212,6 @@ def wait_for_all(state) -> None:
         state.wait_for_everyone()
 
 
-def prepare_output(state, mode: str, out_dir: Path, cfg) -> None:
-    """Once the inputs and model have loaded: the main process clears an --overwrite'd output and writes
-    the resolved config; every rank has decided `mode` before, and waits for it after."""
-    from looper_math.config import save_resolved
-    from looper_math.runio import clear_output
-
-    wait_for_all(state)
-    if is_main(state):
-        if mode == "overwrite":
-            clear_output(out_dir)
-        save_resolved(cfg, out_dir)
-    wait_for_all(state)
-
-
 def save_final(trainer, tokenizer, out_dir: Path, cfg, summary: dict) -> None:
     """Write the final adapter: temp folder first, then rename file by file, train_summary.json last.
 
@@ -284,3 +260,83 @@ def loss_line(log_history: list[dict]) -> str:
     step, last = logged[-1]
     mean = sum(v for _, v in logged) / len(logged)
     return f"last logged loss {last:.4f} (step {step}), mean of {len(logged)} logged losses {mean:.4f}"
+
+
+class TrainerRun:
+    """The scaffold every trainer phase shares, in the order its recipe calls it::
+
+        run = TrainerRun(cfg, "dpo", resume=resume, overwrite=overwrite)  # new, resume, or refused (check_output)
+        if run.complete:
+            return run.skipped()
+        ...  # the phase's data, model and TRL config (output_dir=run.trainer_dir)
+        run.prepare(dist, model)           # clear an --overwrite'd output, write the resolved config
+        trainer = XTrainer(..., callbacks=run.callbacks)
+        run.train(trainer)                 # from the newest complete checkpoint when resuming
+        summary = run.save(trainer, tokenizer, {...})  # adapter, log history, train_summary.json last
+
+    The summary every trainer writes: phase, smoke, base_model, the phase's own fields, steps, train_loss,
+    seconds, resumed_from, processes, steady-state rates (:class:`Throughput`), peak_memory, settings_fingerprint.
+    """
+
+    def __init__(self, cfg, phase: str, *, resume: bool, overwrite: bool):
+        self.cfg, self.phase = cfg, phase
+        self.out_dir = cfg.path(PHASES[phase].output_in(cfg))
+        self.mode = check_output(self.out_dir, resume=resume, overwrite=overwrite)
+        self.meter = Throughput()
+        self.callbacks = [NonFiniteGuard(), DropPickledArgs(), self.meter]
+        self.train_loss, self.seconds, self.resumed_from = float("nan"), 0.0, None
+
+    @property
+    def trainer_dir(self) -> str:
+        """Where the Trainer writes its checkpoints (``checkpoint-N/``, the resume points)."""
+        return str(self.out_dir / "trainer")
+
+    @property
+    def complete(self) -> bool:
+        """Resuming an output that is already complete: nothing to do."""
+        return self.mode == "resume" and is_complete(self.out_dir)
+
+    def skipped(self) -> dict:
+        print(f"{self.phase}: {self.out_dir} is complete; nothing to do")
+        return {"skipped": True, "output_dir": str(self.out_dir)}
+
+    def prepare(self, state, model, *, generates: bool = False) -> None:
+        """Once the inputs and model have loaded: the main process clears an --overwrite'd output and writes
+        the resolved config; every rank has decided the mode before, and waits for it after. The KV cache is
+        off unless the trainer samples with ``model.generate`` (``generates``: GRPO): a training forward would
+        only build it to throw it away."""
+        from looper_math.config import save_resolved
+        from looper_math.runio import clear_output
+
+        if not generates:
+            model.config.use_cache = False
+        wait_for_all(state)
+        if is_main(state):
+            if self.mode == "overwrite":
+                clear_output(self.out_dir)
+            save_resolved(self.cfg, self.out_dir)
+        wait_for_all(state)
+
+    def train(self, trainer, on_resume=None) -> None:
+        """Train from the newest complete checkpoint when resuming (``on_resume(ckpt)`` runs first), else from
+        scratch; keeps the training loss, the seconds and the checkpoint resumed from (or None)."""
+        ckpt = last_checkpoint(self.out_dir / "trainer") if self.mode == "resume" else None
+        if ckpt:
+            print(f"{self.phase}: resuming from {ckpt}")
+            if on_resume is not None:
+                on_resume(ckpt)
+        t0 = time.time()
+        self.train_loss = train_or_finish(trainer, ckpt)
+        self.seconds, self.resumed_from = time.time() - t0, ckpt
+
+    def save(self, trainer, tokenizer, fields: dict) -> dict:
+        """Write the final adapter, its log history and its summary (``fields``: the phase's own), on every
+        rank (see :func:`save_final`); returns the summary."""
+        summary = {
+            "phase": self.phase, "smoke": self.cfg.smoke, "base_model": self.cfg.model.name_or_path, **fields,
+            "steps": trainer.state.global_step, "train_loss": self.train_loss, "seconds": round(self.seconds, 2),
+            "resumed_from": self.resumed_from, "processes": trainer.args.world_size, **self.meter.steady(),
+            "peak_memory": peak_memory(trainer), "settings_fingerprint": fingerprint(self.cfg, self.phase),
+        }
+        save_final(trainer, tokenizer, self.out_dir, self.cfg, summary)
+        return summary
