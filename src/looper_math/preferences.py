@@ -41,7 +41,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from looper_math.config import Config, ConfigError, PrefsConfig, fingerprint, save_resolved
-from looper_math.layout import check_intact, resolved_of, write_summary
+from looper_math.layout import check_intact, resolved_of, summary_of, write_summary
 from looper_math.runio import DataError, atomic_write_text, check_output, read_jsonl
 from looper_math.schemas import PairRow, RolloutRow, check_row
 
