@@ -135,7 +135,7 @@ def test_rollouts_with_the_fast_engine_report_its_slot_occupancy_and_host_time(s
     """Issue 12 goal 2 asks what limits rollouts: with the fast engine the summary splits generation further."""
     from looper_math.rollouts import collect_rollouts
 
-    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=3", "rollouts.adapter=none", "eval.engine=fast",
+    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=3", "rollouts.adapter=none", "generation.engine=fast",
                     "rollouts.questions_per_round=2")
     timing = collect_rollouts(cfg)["this_run"]
     assert 0 < timing["slot_occupancy"] <= 1
@@ -152,7 +152,7 @@ def test_rollouts_streamed_by_the_fast_engine_equal_the_plain_engines_rows(smoke
     rows = {}
     for engine in ("hf", "fast"):
         cfg = smoke_cfg("rollouts.k=3", "rollouts.limit=5", "rollouts.adapter=none", "rollouts.eval_prompt_share=1.0",
-                        "rollouts.questions_per_round=2", "rollouts.batch_size=4", f"eval.engine={engine}",
+                        "rollouts.questions_per_round=2", "rollouts.batch_size=4", f"generation.engine={engine}",
                         f"rollouts.output=data/rollouts_{engine}.jsonl")
         summary = collect_rollouts(cfg)
         rows[engine] = sorted((json.loads(x) for x in cfg.path(cfg.rollouts.output).read_text().splitlines()),

@@ -152,7 +152,7 @@ def test_eval_rows_and_summary(run, which):
         assert r["checkpoint"] == checkpoint
         assert r["extracted_strict"] == extract_answer(r["prediction"], mode="strict")
         assert r["extracted_flexible"] == extract_answer(r["prediction"], mode="flexible")
-        assert r["correct"] == r["correct_flexible"]  # eval.answer_mode: flexible
+        assert r["correct"] == r["correct_flexible"]  # task.answer_mode: flexible
 
     s = json.loads(summary_path(out).read_text())
     assert EVAL_SUMMARY_KEYS <= set(s), EVAL_SUMMARY_KEYS - set(s)
@@ -309,8 +309,8 @@ def test_changed_setting_stops_before_any_work_naming_the_keys(run):
         run_pipeline(c)
     msg = str(e.value)
     assert "phase 2: rollouts" in msg and "rollouts.k 8 -> 4" in msg and "--rerun-changed" in msg and "\n" not in msg, msg
-    c.eval.answer_mode = "strict"  # the first phase it changes is the base-model eval
-    with pytest.raises(StaleOutputError, match=r"eval base model: settings changed since it ran: eval.answer_mode 'flexible' -> 'strict'"):
+    c.task.answer_mode = "strict"  # the first phase it changes is the base-model eval
+    with pytest.raises(StaleOutputError, match=r"eval base model: settings changed since it ran: task.answer_mode 'flexible' -> 'strict'"):
         run_pipeline(c)
     assert file_state(Path(cfg.run_dir)) == before
 
@@ -432,7 +432,7 @@ def test_console_script_lists_config_keys():
     listed = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
     keys = {k for k, _, _ in help_table()}
     assert keys <= listed, sorted(keys - listed)[:5]
-    assert {"sft.learning_rate", "dpo.nll_weight", "rollouts.k", "eval.answer_mode"} <= keys
+    assert {"sft.learning_rate", "dpo.nll_weight", "rollouts.k", "task.answer_mode"} <= keys
 
 
 def test_merged_adapter_generates_what_the_unmerged_one_does(run):

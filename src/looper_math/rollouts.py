@@ -26,7 +26,7 @@ samples drawn under it are what DPO (and rejection-sampling SFT) should learn fr
 accuracy halves under the arm instructions (issue 13). Every sample of a group is scored together.
 
 Speed: an adapter is merged into this process's copy of the base weights before decoding
-(``eval.merge_adapter``); groups are scored in a process pool (``rollouts.score_workers``); the summary's
+(``generation.merge_adapter``); groups are scored in a process pool (``rollouts.score_workers``); the summary's
 ``this_run`` splits the wall time into generation, scoring (the main thread's share: submitting groups,
 building and writing rows) and the rest, and, with the fast engine, gives its host time, refill (prefill)
 time and slot occupancy.
@@ -104,7 +104,7 @@ def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seco
         per_arm[name] = {**st, "mean_s_wm": sum(r["s_wm"] for r in mine) / len(mine) if mine else None}
     n = len(rows)
     return {
-        "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter, "protocol": cfg.eval.protocol,
+        "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter, "protocol": cfg.task.protocol,
         "allocation": cfg.regime_w.allocation, "eval_prompt_share": cfg.rollouts.eval_prompt_share,
         "rows": n, "questions": len(by_q),
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
@@ -160,7 +160,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     n_eval = eval_prompt_samples(r.k, r.eval_prompt_share)
     bandit = make_bandit(cfg)
     tokenizer = load_tokenizer(cfg)
-    model, adapter_dir = load_model_with_adapter(cfg, r.adapter, merge=cfg.eval.merge_adapter)
+    model, adapter_dir = load_model_with_adapter(cfg, r.adapter, merge=cfg.generation.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     model_id, adapter_id = cfg.model.name_or_path, str(adapter_dir) if adapter_dir else None
     weights = (w.w_end, w.w_path, w.w_cf)
@@ -304,7 +304,7 @@ def collect_rollouts(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
             tg = time.time()
             generate_stream(model, tokenizer, feed, on_result, total=n_requests, longest_prompt=longest,
                             max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, stop_strings=task.stop_strings,
-                            engine=cfg.eval.engine, fast=fast_options(cfg.eval), stats=engine_stats, sampled=sampled, truncate=truncate,
+                            engine=cfg.generation.engine, fast=fast_options(cfg.generation), stats=engine_stats, sampled=sampled, truncate=truncate,
                             desc=f"rollouts {len(todo)} questions x {r.k}")
             timing["generate_seconds"] = time.time() - tg - cb["score"] - cb["feed"]
             collect(block=True)
