@@ -18,16 +18,6 @@ import torch
 from looper_math.errors import ModelError  # re-exported (its home is errors.py)
 
 
-def __getattr__(name: str):
-    """The smoke model's builders moved to ``looper_math.smoke`` (the task's data and prompts live there, not in
-    model loading); these old names still resolve."""
-    if name in ("build_tiny_model", "ensure_tiny_model", "TINY_CHAT_TEMPLATE"):
-        from looper_math import smoke
-
-        return getattr(smoke, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def resolve_device(cfg) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
