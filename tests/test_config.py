@@ -1,5 +1,5 @@
 """Config loading: every enumerated value and range is checked at load time (one line naming key, value and
-what is allowed), and scientific notation is a number on the command line and in files (issue 11, items 2-3)."""
+what is allowed), and scientific notation is a number on the command line and in files."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_strings_that_only_look_numeric_stay_strings_where_a_string_is_expected(
     assert cfg.data.train == "train_1e4.jsonl"
 
 
-# --------------------------------------------------------------------------- issue 25, item 5: YAML the user can fix
+# --------------------------------------------------------------------------- YAML the user can fix
 
 
 @pytest.mark.parametrize("text, where, problem", [
@@ -154,7 +154,7 @@ def test_config_that_is_not_a_mapping(tmp_path, text, kind):
         load_config(p)
 
 
-# --------------------------------------------------------------------------- issue 26, item 3: generation / task sections
+# --------------------------------------------------------------------------- generation / task: keys that moved out of eval
 
 OLD_NAMES = [("eval.engine", "generation.engine", "fast"), ("eval.fast_attn", "generation.fast_attn", "flex"),
              ("eval.fast_fuse", "generation.fast_fuse", False), ("eval.merge_adapter", "generation.merge_adapter", False),

@@ -20,7 +20,7 @@ Conventions mirrored (EleutherAI lm-evaluation-harness gsm8k task; GSM8K-Platinu
   ``The answer is N`` / ``Answer: N``, then ``\\boxed{N}``, then the last number; ``answers_equal``
   compares as floats with a tiny tolerance after normalizing (so ``5.0`` == ``5``).
 
-Hedged answers (issue 24; ours, no upstream evaluator does this): a completion's *stated* final answers
+Hedged answers (ours, no upstream evaluator does this): a completion's *stated* final answers
 are the numbers of its ``#### N`` lines and of its ``\\boxed{N}`` contents (after the ``Question:`` cut).
 When two of them differ (``answers_equal``), as in ``\\boxed{5}`` then ``#### 6``, or ``\\boxed{20}`` boys
 and ``\\boxed{30}`` girls, or ``#### 5`` revised to ``#### 6``, the completion is ``hedged``: it has no

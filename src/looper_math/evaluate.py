@@ -3,7 +3,8 @@
 Command: ``looper-math eval --adapter sft|dpo|none|PATH`` (aliases: ``python -m
 src.eval.eval_abel_sft_platinum`` and ``src.eval.eval_abel_coherence_platinum``).
 
-Greedy decoding, batched with left padding (same outputs as one at a time; tested). Prompts and grading
+Greedy decoding by ``generation.engine``: hf batches with left padding, fast decodes in slots refilled as
+sequences finish (continuous batching); either gives the outputs of one question at a time (tested). Prompts and grading
 come from the task (``task.GSM8K``, ``task.protocol``): both extraction pipelines are reported under their
 own names, lm-evaluation-harness style (``strict`` reads the ``#### N`` line, ``flexible`` falls back to
 "The answer is", ``\\boxed{}`` and the last number; a hedged completion, whose ``#### N`` and ``\\boxed{N}``

@@ -1,4 +1,4 @@
-"""Phase 4, online — GRPO from an adapter (issue 13's "online" lever; ``policy: grpo`` makes it the phase
+"""Phase 4, online — GRPO from an adapter (the online alternative to rollouts -> pairs -> DPO; ``policy: grpo`` makes it the phase
 that each round of ``looper-math run`` trains).
 
 Command: ``looper-math grpo [--resume]``. Writes the adapter to ``grpo.output_dir`` (layout in train_common);
@@ -85,7 +85,7 @@ class MergedRollouts:
     """GRPOTrainer's ``rollout_func`` for ``grpo.generation: looper``: completions from this project's
     ``engine.api.generate`` (``generation.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
 
-    Decoding base + unmerged LoRA is about 3x slower than the plain model (issue 12), and merging in place
+    Decoding base + unmerged LoRA is about 3x slower than the plain model (1.8x on the 0.5B eval, bench/RESULTS.md), and merging in place
     and back each step would drift the bf16 base weights. So the policy is copied once into a private
     plain model and, before every generation, each LoRA projection of that copy is set to
     ``base_weight + delta`` (PEFT's ``get_delta_weight``, dropout off) from the trainer's current adapter.

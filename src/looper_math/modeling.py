@@ -208,7 +208,7 @@ def load_model_with_adapter(cfg, which: str | None, device: str | None = None, *
     """(model, adapter_path_or_None). The adapter is loaded with PEFT. ``merge=True`` (generation only)
     folds the LoRA weights into this process's private copy of the base weights (PEFT
     ``merge_and_unload``), so decoding runs the plain model's kernels instead of base + two low-rank
-    matmuls per projection (3.4x slower on the H200, issue 12); the adapter on disk is not touched and
+    matmuls per projection (3.4x slower on the H200); the adapter on disk is not touched and
     stays the artefact. In bf16 the merged weights round differently from base + LoRA at run time, so
     greedy outputs can differ at near-ties; in fp32 they are equal (tested)."""
     model = load_model(cfg, device)

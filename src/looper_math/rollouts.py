@@ -23,7 +23,7 @@ On-policy samples: ``rollouts.eval_prompt_share`` of each question's k samples (
 the plain evaluation prompt, arm ``eval_prompt``, at ``rollouts.temperature`` / ``rollouts.top_p``; the
 bandit allocates the rest over the Regime W arms. Pairs are trained under the evaluation prompt, so
 samples drawn under it are what DPO (and rejection-sampling SFT) should learn from; the 0.5B model's
-accuracy halves under the arm instructions (issue 13). Every sample of a group is scored together.
+accuracy halves under the arm instructions. Every sample of a group is scored together.
 
 Speed: an adapter is merged into this process's copy of the base weights before decoding
 (``generation.merge_adapter``); groups are scored in a process pool (``rollouts.score_workers``); the summary's

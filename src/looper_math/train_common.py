@@ -1,6 +1,6 @@
-"""Pieces shared by the SFT and DPO recipes: LoRA config, non-finite guard, resume, final save.
+"""Pieces shared by the SFT, DPO and GRPO recipes: LoRA config, non-finite guard, resume, final save.
 
-Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir``)::
+Output folder layout of a training phase (``sft.output_dir`` / ``dpo.output_dir`` / ``grpo.output_dir``)::
 
     adapter_config.json, adapter_model.safetensors   the final adapter (PEFT, safetensors only)
     tokenizer files, resolved_config.yaml, looper_base_model.json, log_history.json
