@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 L="python3 -m looper_math.cli"
 for e in hf fast; do
   echo "=== eval engine=$e ($(date +%T))"
-  $L eval -c "$CFG" --adapter "$ADAPTER" --set run_dir="$R" --set eval.engine=$e \
+  $L eval -c "$CFG" --adapter "$ADAPTER" --set run_dir="$R" --set generation.engine=$e \
     --set eval.base_output=outputs/base_dev_$e.jsonl --overwrite "$@" || exit 1
 done
 $L compare "$R/outputs/base_dev_hf.jsonl" "$R/outputs/base_dev_fast.jsonl" | tee "$OUT/eval_engines_compare.txt"

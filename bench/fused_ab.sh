@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fused decode layer (FastOptions.fuse, eval.fast_fuse) on the real 0.5B with the SFT adapter merged, on one
+# The fused decode layer (FastOptions.fuse, generation.fast_fuse) on the real 0.5B with the SFT adapter merged, on one
 # H200, against the model's own modules (fast_fuse=false) in the same call:
 #
 #   OUT=... bash bench/fused_ab.sh [DEADLINE_S]     (GPU machine, repo root, model parts in $M,
@@ -19,7 +19,7 @@ mkdir -p "$OUT/eval"
 for f in false true; do
   name=$([ $f = true ] && echo fused || echo unfused)
   have "$R/outputs/sft_test_eval_$name.jsonl" || step $L eval -c "$CFG" --adapter sft --set eval.split=test \
-    --set eval.fast_fuse=$f --output "$R/outputs/sft_test_eval_$name.jsonl" --resume 2>&1 | tr '\r' '\n' | grep -vE '^\s*$|━' | tail -4
+    --set generation.fast_fuse=$f --output "$R/outputs/sft_test_eval_$name.jsonl" --resume 2>&1 | tr '\r' '\n' | grep -vE '^\s*$|━' | tail -4
   gzip -c "$R/outputs/sft_test_eval_$name.jsonl" > "$OUT/eval/sft_test_eval_$name.jsonl.gz"
   cp "$R/outputs/sft_test_eval_$name.summary.json" "$OUT/eval/" 2>/dev/null
 done
@@ -27,7 +27,7 @@ cmp sft_test_eval_unfused sft_test_eval_fused | tee "$OUT/eval/compare.txt"
 for f in false true; do
   name=$([ $f = true ] && echo flexfused || echo flexunfused)
   have "$R/data/rollouts_$name.jsonl" || step $L rollouts -c "$CFG" --set rollouts.output="data/rollouts_$name.jsonl" \
-    --overwrite --limit "$N" --set eval.fast_attn=flex --set eval.fast_fuse=$f 2>&1 | tr '\r' '\n' | grep -vE '^\s*$|━' | tail -8
+    --overwrite --limit "$N" --set generation.fast_attn=flex --set generation.fast_fuse=$f 2>&1 | tr '\r' '\n' | grep -vE '^\s*$|━' | tail -8
   cp "$R/data/rollouts_$name.summary.json" "$OUT/" 2>/dev/null
 done
 python3 bench/rollouts_report.py "$R/data" flexunfused flexfused | tee "$OUT/rollouts_fuse.txt"

@@ -14,7 +14,7 @@ they were not under the first version of the rule, which also hedged several dis
     PYTHONPATH=src python bench/regrade_hedged.py > bench/results/hedged_regrade.txt
 
 Every committed eval summary says ``answer_mode: flexible`` and protocol ``default`` (or predates
-``eval.protocol``), hence the default of ``--answer-mode``.
+``task.protocol``), hence the default of ``--answer-mode``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def kind(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answer-mode", choices=("strict", "flexible"), default="flexible",
-                    help="eval.answer_mode the files were graded in (all committed ones: flexible)")
+                    help="task.answer_mode (formerly eval.answer_mode) the files were graded in (all committed ones: flexible)")
     a = ap.parse_args()
     task = GSM8K(answer_mode=a.answer_mode)  # the prompt format plays no part in grading
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()

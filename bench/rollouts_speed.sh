@@ -9,7 +9,7 @@
 #                    each round ends in a tail of idle slots, and its groups are scored while the GPU waits
 #            stream  this code: every round fed into one fast-engine call as slots free up, rows written as
 #                    questions finish, scoring in the process pool while the engine decodes
-#            flex    stream with eval.fast_attn=flex (each sequence reads only its own KV blocks)
+#            flex    stream with generation.fast_attn=flex (each sequence reads only its own KV blocks)
 #          -> rollouts_ab.txt (bench/rollouts_report.py: time split, slot occupancy, tok/s ratios against old,
 #             identical completions) and the three summaries. One call of < 10 min with the model conversion.
 #   whole  all 7,473 GSM8K train questions x 8 (data.dev_size=0) with the faster of stream / flex in ab
@@ -36,12 +36,12 @@ case "$STAGE" in
     [ -d "$BASE/looper_math" ] || { echo "no baseline code in $BASE"; exit 1; }
     ro old "$BASE" --limit "$N"
     ro stream src --limit "$N"
-    ro flex src --limit "$N" --set eval.fast_attn=flex
+    ro flex src --limit "$N" --set generation.fast_attn=flex
     report old stream flex ;;
   whole)
     attn=$(python3 "$(dirname "$0")/choose.py" attn "$R/data") || exit 1   # flex if it beat stream in ab
     echo "=== attention core from ab: $attn"
-    ro whole src --set data.dev_size=0 --limit "$WHOLE" --set eval.fast_attn="$attn"
+    ro whole src --set data.dev_size=0 --limit "$WHOLE" --set generation.fast_attn="$attn"
     report whole ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
 esac

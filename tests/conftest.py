@@ -39,7 +39,7 @@ def gsm8k_dir() -> Path | None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Build the tiny smoke model once per session (it is briefly pretrained, ~1 min on 2 cores)."""
-    from looper_math.modeling import build_tiny_model
+    from looper_math.smoke import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny_model")
 

@@ -245,7 +245,7 @@ def test_every_gsm8k_gold_answer_parses():
     assert n == 7473 + 1319
 
 
-# (text, hedged, strict, flexible): a completion whose #### N and \\boxed{N} answers disagree has no answer (issue 24)
+# (text, hedged, strict, flexible): a completion whose #### N and \\boxed{N} answers disagree has no answer
 HEDGE_CASES = [
     # disagreeing: no answer in either mode, so wrong whatever the gold (5 or 6)
     ("So \\boxed{5}.\n#### 6", True, None, None),

@@ -279,10 +279,10 @@ CASES = [
     Case("unknown_prompt_format", _with_set(["eval", "--adapter", "none"], "model.prompt_format=chatml"), "model.prompt_format"),
     Case("unknown_dtype", _with_set(["eval", "--adapter", "none"], "model.dtype=fp8"), "model.dtype"),
     Case("unknown_allocation", _with_set(["rollouts"], "regime_w.allocation=greedy"), "regime_w.allocation"),
-    # checked at load time: no model is loaded, no phase starts (issue 11, item 2)
-    Case("answer_mode_out_of_set_eval", _with_set(["eval", "--adapter", "none"], "eval.answer_mode=loose"), "eval.answer_mode': got 'loose'"),
-    Case("answer_mode_out_of_set_run", _with_set(["run"], "eval.answer_mode=loose"), "eval.answer_mode': got 'loose'"),
-    Case("engine_out_of_set", _with_set(["eval", "--adapter", "none"], "eval.engine=vllm"), "eval.engine': got 'vllm'"),
+    # checked at load time: no model is loaded, no phase starts (a typo must not cost a model load)
+    Case("answer_mode_out_of_set_eval", _with_set(["eval", "--adapter", "none"], "task.answer_mode=loose"), "task.answer_mode': got 'loose'"),
+    Case("answer_mode_out_of_set_run", _with_set(["run"], "task.answer_mode=loose"), "task.answer_mode': got 'loose'"),
+    Case("engine_out_of_set", _with_set(["eval", "--adapter", "none"], "generation.engine=vllm"), "generation.engine': got 'vllm'"),
     Case("lora_rank_negative", _with_set(["sft"], "lora.r=-3"), "lora.r': got -3"),
     Case("device_out_of_set", _with_set(["eval", "--adapter", "none"], "device=gpu"), "device': got 'gpu'"),
     Case("unknown_pair_type", _rollouts_for_prefs(ROW, set=["prefs.pair_types=[style]"]), "prefs.pair_types"),

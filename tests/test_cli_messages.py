@@ -1,4 +1,4 @@
-"""Messages that must not mislead (issue 11, item 5): the disk-full hint fits the command, missing and
+"""Messages that must not mislead: the disk-full hint fits the command, missing and
 corrupt files are named, ``--version`` exists, and the report's deltas carry their paired test."""
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
 
 
-# --------------------------------------------------------------------------- issue 25, items 5-7
+# --------------------------------------------------------------------------- what a plain pytest and the CLI say
 
 
 def _flat(text: str) -> str:
@@ -324,7 +324,7 @@ def test_known_future_warnings_are_silenced_and_others_kept(tmp_path):
 
 def test_pytest_says_why_tests_are_deselected_and_skipped(tmp_path):
     """A plain `pytest` deselects the slow and gpu tiers (pyproject.toml addopts) and skips the GSM8K checks
-    without the data; the summary says how many, why, and how to run them (issue 25, item 6)."""
+    without the data; the summary says how many, why, and how to run them."""
     import os
     import subprocess
     import sys

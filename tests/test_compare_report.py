@@ -231,7 +231,7 @@ def _card(page: str, label: str) -> str:
 
 
 def test_cards_compare_each_checkpoint_with_its_parent_and_the_base(tmp_path):
-    """Issue 25: GRPO trained from SFT said '-3.1 pts vs dpo_lora_r2' (the card before it). Each card now
+    """GRPO trained from SFT once said '-3.1 pts vs dpo_lora_r2' (the card before it in phase order). Each card
     names its parent (SFT: the base; DPO, GRPO: the init_adapter of its train summary) and the base, with
     the exact McNemar p of each pair."""
     base, sft, dpo, grpo = ([True] * 10 + [False] * 30, [True] * 20 + [False] * 20,

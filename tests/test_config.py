@@ -1,5 +1,5 @@
 """Config loading: every enumerated value and range is checked at load time (one line naming key, value and
-what is allowed), and scientific notation is a number on the command line and in files (issue 11, items 2-3)."""
+what is allowed), and scientific notation is a number on the command line and in files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ DEMO = REPO / "configs" / "demo.yaml"
 
 
 @pytest.mark.parametrize("override, allowed", [
-    ("eval.answer_mode=loose", "'strict' or 'flexible'"),
-    ("eval.engine=vllm", "'auto', 'hf' or 'fast'"),
+    ("task.answer_mode=loose", "'strict' or 'flexible'"),
+    ("generation.engine=vllm", "'auto', 'hf' or 'fast'"),
     ("eval.split=validation", "'test' or 'dev'"),
     ("regime_w.allocation=bandit", "'uniform', 'ucb' or 'thompson'"),
     ("model.prompt_format=chatml", "'abel', 'chat' or 'plain'"),
@@ -68,9 +68,9 @@ def test_arms_are_checked_at_load(tmp_path, field, value, expect):
 
 
 def test_valid_values_load():
-    cfg = load_config(DEMO, ["eval.answer_mode=strict", "regime_w.allocation=thompson", "rollouts.limit=null",
+    cfg = load_config(DEMO, ["task.answer_mode=strict", "regime_w.allocation=thompson", "rollouts.limit=null",
                              "regime_w.exploration_floor=0", "sft.max_steps=-1", "dpo.nll_weight=0"])
-    assert cfg.eval.answer_mode == "strict" and cfg.rollouts.limit is None and cfg.regime_w.exploration_floor == 0.0
+    assert cfg.task.answer_mode == "strict" and cfg.rollouts.limit is None and cfg.regime_w.exploration_floor == 0.0
 
 
 @pytest.mark.parametrize("text, expect", [("1e-4", 1e-4), ("5E-5", 5e-5), ("2e3", 2000.0), ("1.0e-4", 1e-4), ("-3e-2", None)])
@@ -95,7 +95,7 @@ def test_strings_that_only_look_numeric_stay_strings_where_a_string_is_expected(
     assert cfg.data.train == "train_1e4.jsonl"
 
 
-# --------------------------------------------------------------------------- issue 25, item 5: YAML the user can fix
+# --------------------------------------------------------------------------- YAML the user can fix
 
 
 @pytest.mark.parametrize("text, where, problem", [
@@ -152,3 +152,119 @@ def test_config_that_is_not_a_mapping(tmp_path, text, kind):
     p.write_text(text)
     with pytest.raises(ConfigError, match=f"top level must be a mapping \\(key: value lines\\), got a {kind}$"):
         load_config(p)
+
+
+# --------------------------------------------------------------------------- generation / task: keys that moved out of eval
+
+OLD_NAMES = [("eval.engine", "generation.engine", "fast"), ("eval.fast_attn", "generation.fast_attn", "flex"),
+             ("eval.fast_fuse", "generation.fast_fuse", False), ("eval.merge_adapter", "generation.merge_adapter", False),
+             ("eval.answer_mode", "task.answer_mode", "strict"), ("eval.protocol", "task.protocol", "platinum")]
+
+
+def _get(cfg, dotted):
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+@pytest.mark.parametrize("old, new, value", OLD_NAMES)
+def test_an_old_eval_key_loads_as_its_new_key_with_a_one_line_note(tmp_path, capsys, old, new, value):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"eval": {old.split(".")[1]: value, "split": "dev"}}))
+    cfg = load_config(p)
+    assert _get(cfg, new) == value and cfg.eval.split == "dev"
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and f"'{old}' is deprecated" in note and f"'{new}'" in note and str(p) in note, note
+    cfg = load_config(DEMO, [f"{old}={str(value).lower()}"])  # on the command line too
+    assert _get(cfg, new) == value
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and f"'{old}'" in note and f"'{new}'" in note, note
+
+
+def test_new_keys_load_without_a_note(capsys):
+    cfg = load_config(DEMO, ["generation.engine=hf", "task.protocol=platinum"])
+    assert (cfg.generation.engine, cfg.task.protocol) == ("hf", "platinum")
+    assert capsys.readouterr().err == ""
+
+
+def test_one_setting_under_both_names_with_two_values_is_an_error_naming_both(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("eval:\n  engine: fast\ngeneration:\n  engine: hf\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "'eval.engine' ('fast')" in msg and "'generation.engine' ('hf')" in msg and str(p) in msg, msg
+    with pytest.raises(ConfigError, match=r"'eval.answer_mode' \('strict'\) and 'task.answer_mode' \('flexible'\)"):
+        load_config(DEMO, ["eval.answer_mode=strict", "task.answer_mode=flexible"])
+    # the same value under both names is one setting said twice; a later --set overrides the file under either name
+    p.write_text("eval:\n  engine: fast\ngeneration:\n  engine: fast\n")
+    assert load_config(p).generation.engine == "fast"
+    assert load_config(p, ["generation.engine=hf"]).generation.engine == "hf"
+
+
+def test_resolved_config_uses_the_new_sections(tmp_path):
+    from looper_math.config import save_resolved, yaml_load
+
+    tree = yaml_load(save_resolved(load_config(DEMO, ["eval.engine=fast"]), tmp_path).read_text())
+    assert tree["generation"]["engine"] == "fast" and tree["task"]["answer_mode"] == "flexible"
+    assert not {"engine", "fast_attn", "fast_fuse", "merge_adapter", "answer_mode", "protocol"} & tree["eval"].keys()
+
+
+def _old_style_resolved(cfg, path):
+    """``cfg``'s resolved config as the code before the move wrote it: the six keys inside ``eval``."""
+    import yaml
+
+    from looper_math.config import to_dict
+
+    tree = to_dict(cfg)
+    for old, new, _ in OLD_NAMES:
+        section, key = new.split(".")
+        tree["eval"][old.split(".")[1]] = tree[section].pop(key)
+    del tree["generation"], tree["task"]
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("overrides", [[], [f"{new}={str(v).lower()}" for _, new, v in OLD_NAMES]])
+def test_an_output_written_before_the_move_is_still_current(tmp_path, overrides):
+    from looper_math.config import changed_settings
+    from looper_math.phases import PHASES
+
+    cfg = load_config(DEMO, overrides)
+    resolved = _old_style_resolved(cfg, tmp_path / "resolved_config.yaml")
+    for phase in PHASES:
+        assert changed_settings(cfg, phase, resolved) == [], phase
+    # a real change is still found, under the new name
+    now = load_config(DEMO, [*overrides, "task.answer_mode=strict" if not overrides else "task.answer_mode=flexible"])
+    assert [k for k, _, _ in changed_settings(now, "rollouts", resolved)] == ["task.answer_mode"]
+
+
+# settings_fingerprint of every phase, computed by the code before the six keys moved out of `eval` (bf45e6b):
+# the defaults, and all six set away from their defaults
+FINGERPRINTS_BEFORE_THE_MOVE = {
+    (): {"sft": "30195c8c2c42f8c8", "eval_base": "9203cd5211a06fcf", "eval_sft": "44d07c1446bbff27", "eval_dpo": "05b894c801248a88",
+         "rollouts": "c350cca9d3bcb923", "rollouts_base": "1d4ebb1c7a7321c7", "prefs": "e6b3d19751ba10a8",
+         "dpo": "a7f4678a6194228d", "grpo": "c1ebd711a5903765", "eval_grpo": "fcdc1c32b0d37b5c"},
+    ("generation.engine=fast", "task.answer_mode=strict", "generation.fast_fuse=false", "task.protocol=platinum",
+     "generation.merge_adapter=false"):
+        {"sft": "30195c8c2c42f8c8", "eval_base": "8130aecb91d84ccc", "eval_sft": "7f4309b63a904c25", "eval_dpo": "9b636a67dbe58c7f",
+         "rollouts": "d38a96fcb3596960", "rollouts_base": "2a6b921a352e2243", "prefs": "3a9c2932379e0081",
+         "dpo": "5b611297bf7dc99c", "grpo": "4236071b47186f72", "eval_grpo": "1a3865cdf9108c9c"},
+}
+
+
+@pytest.mark.parametrize("overrides", list(FINGERPRINTS_BEFORE_THE_MOVE))
+def test_fingerprints_are_those_of_the_same_settings_before_the_move(overrides):
+    from looper_math.config import fingerprint
+
+    cfg = load_config(None, list(overrides))
+    assert {p: fingerprint(cfg, p) for p in FINGERPRINTS_BEFORE_THE_MOVE[overrides]} == FINGERPRINTS_BEFORE_THE_MOVE[overrides]
+
+
+@pytest.mark.parametrize("key, pointer", [("grpo.k", "grpo.num_generations"), ("rollouts.num_generations", "rollouts.k")])
+def test_a_group_size_under_the_other_phases_name_points_to_its_own(key, pointer):
+    with pytest.raises(ConfigError) as e:
+        load_config(DEMO, [f"{key}=4"])
+    msg = str(e.value)
+    assert "\n" not in msg and f"unknown config key '{key}'" in msg and f"'{pointer}'" in msg, msg

@@ -1,4 +1,4 @@
-"""A finished output is trusted only while it is what its summary recorded (issue 25, item 2).
+"""A finished output is trusted only while it is what its summary recorded.
 
 Every summary records its output's row count and sha256 (``layout.write_summary``); ``layout.integrity_problem``
 finds a torn last line, a corrupt middle line, a lost row, an edited file or a missing adapter weights file

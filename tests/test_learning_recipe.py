@@ -1,4 +1,4 @@
-"""The learning recipe's pieces (issue 13) and the generation speed paths they rely on (issue 12):
+"""The learning recipe's pieces and the generation speed paths they rely on:
 sampling without a vocabulary sort, evaluation-prompt rollouts, rejection-sampling SFT data, merged adapters."""
 
 from __future__ import annotations
@@ -132,10 +132,10 @@ def test_eval_prompt_samples_are_on_policy(eval_prompt_rollouts):
 
 
 def test_rollouts_with_the_fast_engine_report_its_slot_occupancy_and_host_time(smoke_cfg):
-    """Issue 12 goal 2 asks what limits rollouts: with the fast engine the summary splits generation further."""
+    """What limits rollouts: with the fast engine the summary splits generation further."""
     from looper_math.rollouts import collect_rollouts
 
-    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=3", "rollouts.adapter=none", "eval.engine=fast",
+    cfg = smoke_cfg("rollouts.k=2", "rollouts.limit=3", "rollouts.adapter=none", "generation.engine=fast",
                     "rollouts.questions_per_round=2")
     timing = collect_rollouts(cfg)["this_run"]
     assert 0 < timing["slot_occupancy"] <= 1
@@ -144,7 +144,7 @@ def test_rollouts_with_the_fast_engine_report_its_slot_occupancy_and_host_time(s
 
 
 def test_rollouts_streamed_by_the_fast_engine_equal_the_plain_engines_rows(smoke_cfg):
-    """Issue 12 goal 2: the fast engine takes all rounds as one stream (no tail per round) and rows are written as
+    """The fast engine takes all rounds as one stream (no tail per round) and rows are written as
     questions finish. In fp32 both engines give the same tokens, so without a bandit the rows are the same,
     scores and rewards included, whatever order they reach the file in."""
     from looper_math.rollouts import collect_rollouts
@@ -152,7 +152,7 @@ def test_rollouts_streamed_by_the_fast_engine_equal_the_plain_engines_rows(smoke
     rows = {}
     for engine in ("hf", "fast"):
         cfg = smoke_cfg("rollouts.k=3", "rollouts.limit=5", "rollouts.adapter=none", "rollouts.eval_prompt_share=1.0",
-                        "rollouts.questions_per_round=2", "rollouts.batch_size=4", f"eval.engine={engine}",
+                        "rollouts.questions_per_round=2", "rollouts.batch_size=4", f"generation.engine={engine}",
                         f"rollouts.output=data/rollouts_{engine}.jsonl")
         summary = collect_rollouts(cfg)
         rows[engine] = sorted((json.loads(x) for x in cfg.path(cfg.rollouts.output).read_text().splitlines()),

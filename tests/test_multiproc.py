@@ -230,7 +230,7 @@ def test_every_rank_asking_for_the_tiny_model_at_once_gets_one_model(tmp_path, t
     """Under `accelerate launch` each rank loads the embedded default at the same time: one builds it
     (in a child process free of the launcher's environment), the others wait, nothing is left behind;
     and it is the same model a single process builds."""
-    code = "import sys; from looper_math.modeling import ensure_tiny_model; ensure_tiny_model(sys.argv[1])"
+    code = "import sys; from looper_math.smoke import ensure_tiny_model; ensure_tiny_model(sys.argv[1])"
     target = tmp_path / "run" / "tiny_model"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",

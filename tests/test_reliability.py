@@ -249,7 +249,7 @@ def test_rollouts_streamed_by_the_fast_engine_kill_resume_exactly_once(tmp_path,
     evaluation prompt, so no allocation depends on when a round was asked for)."""
     from looper_math.rollouts import KEY
 
-    settings = (*ROLLOUT_SET, "eval.engine=fast", "rollouts.eval_prompt_share=1.0", "rollouts.batch_size=3")
+    settings = (*ROLLOUT_SET, "generation.engine=fast", "rollouts.eval_prompt_share=1.0", "rollouts.batch_size=3")
     ref = make_cfg(tmp_path / "ref", tiny_model_dir, *settings)
     run_cli(cli("rollouts", write_config(ref)))
     reference = rows_by_key(ref.path(ref.rollouts.output), KEY)

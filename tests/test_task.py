@@ -82,17 +82,17 @@ def test_platinum_protocol_grades_with_the_harness_parser():
 
 
 def test_unknown_protocol_is_refused():
-    with pytest.raises(ValueError, match="eval.protocol"):
+    with pytest.raises(ValueError, match="task.protocol"):
         GSM8K("abel", "flexible", "lenient")
 
 
 def test_eval_protocol_is_a_checked_config_key():
     from looper_math.config import ConfigError, load_config
 
-    assert load_config(None).eval.protocol == "default"
-    assert load_config(None, ["eval.protocol=platinum"]).eval.protocol == "platinum"
-    with pytest.raises(ConfigError, match="eval.protocol"):
-        load_config(None, ["eval.protocol=harness"])
+    assert load_config(None).task.protocol == "default"
+    assert load_config(None, ["task.protocol=platinum"]).task.protocol == "platinum"
+    with pytest.raises(ConfigError, match="task.protocol"):
+        load_config(None, ["task.protocol=harness"])
 
 
 def test_stats_live_in_stats_and_compare_reexports_them():
@@ -136,7 +136,7 @@ def test_eval_under_the_platinum_protocol_grades_with_its_parser(smoke_cfg):
     from looper_math.layout import RunLayout
     from looper_math.schemas import EvalRow, read_rows
 
-    cfg = smoke_cfg("eval.protocol=platinum", "eval.limit=4", "eval.max_new_tokens=24")
+    cfg = smoke_cfg("task.protocol=platinum", "eval.limit=4", "eval.max_new_tokens=24")
     summary = evaluate(cfg, "none")
     assert summary["protocol"] == "platinum" and summary["n"] == 4
     rows = list(read_rows(RunLayout(cfg).eval("none").path, EvalRow))
@@ -175,12 +175,12 @@ def test_rewards_and_eval_give_a_hedged_completion_the_same_verdict():
     batch = dict(prompts=[q] * 2, completions=texts, completion_ids=[[1] * 10] * 2, question=[q] * 2,
                  answer=[ref] * 2, gold=["6"] * 2, question_id=["q"] * 2)
     for mode in ("strict", "flexible"):
-        cfg = load_config(None, [f"eval.answer_mode={mode}", "regime_w.alpha_correct=1.0"])
+        cfg = load_config(None, [f"task.answer_mode={mode}", "regime_w.alpha_correct=1.0"])
         task = GSM8K.from_config(cfg)
         verdicts = [task.grade(t, "6").correct for t in texts]
         assert verdicts == [False, True]
         assert grpo_reward(cfg)(**batch) == [0.0, 1.0]  # correctness: alpha_correct * correct
-        gated = grpo_reward(load_config(None, [f"eval.answer_mode={mode}", "grpo.reward=regime_w_gated"]))(**batch)
+        gated = grpo_reward(load_config(None, [f"task.answer_mode={mode}", "grpo.reward=regime_w_gated"]))(**batch)
         assert gated[0] == 0.0 and gated[1] > 0.0
         # rollouts: score_group gets the task's answers (or extracts in answer_mode itself); `correct` is is_correct
         for answers in ([task.extract(t) for t in texts], None):

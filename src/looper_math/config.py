@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,7 @@ class RolloutsConfig:
     output: str = _f("data/abel_regime_w_rollouts.jsonl", "Append-only rollouts JSONL (relative to run_dir).")
     adapter: str | None = _f("sft", "Adapter to sample from: 'sft', 'dpo', 'none' (base model) or a path.")
     split: Literal["train", "dev", "test"] = _f("train", "Questions to roll out: train | dev | test.")
-    k: Count = _f(8, "Trajectories per question.")
+    k: Count = _f(8, "Trajectories per question (the group Regime W scores together and the pairs are built from). The offline counterpart of grpo.num_generations, a separate setting: a run can roll out k for rejection-sampling SFT and train GRPO with another group size.")
     max_new_tokens: Count = _f(384, "Max generated tokens per trajectory.")
     batch_size: Count = _f(64, "Sequences per generation batch.")
     questions_per_round: Count = _f(32, "Questions per bandit allocation (a round); the fast engine streams rounds into one call, so it no longer sets how full the slots run.")
@@ -199,11 +200,11 @@ class GRPOConfig:
     output_dir: str = _f("checkpoints/grpo_lora", "Where the GRPO adapter goes (relative to run_dir).")
     init_adapter: str = _f("sft", "Adapter GRPO starts from: sft | dpo | a path.")
     limit: Count | None = _f(None, "Only the first N training questions (after the dev split).")
-    num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over).")
+    num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over; TRL's GRPOConfig name). The online counterpart of rollouts.k, a separate setting: rollouts.k does not change it.")
     max_completion_length: Count = _f(400, "Max generated tokens per completion.")
     temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
     reward: Literal["correctness", "regime_w", "regime_w_gated"] = _f("correctness", "correctness: regime_w.alpha_correct * correct (the binary reward of the published small-model runs; +7.3 pts over SFT in 70 steps on the 0.5B, bench/RESULTS.md) | regime_w: the rollouts' reward, alpha * correct + beta_coherence * s_wm - length_penalty * tokens (gamed on the 0.5B: one-line equations such as '1 /1 = 1' score s_wm 0.7-1.0, test accuracy fell to 1-2 %) | regime_w_gated: the same, but coherence and length count only for correct completions (incorrect ones get 0: the pairs' rule, correctness first; unmeasured on a GPU).")
-    generation: Literal["looper", "trl"] = _f("looper", "Who samples the completions: looper (this project's engine, eval.engine, on a private copy of the base weights with the current LoRA merged in, refreshed every step; fast on CUDA) | trl (TRL's own model.generate on base + unmerged LoRA, the reference path).")
+    generation: Literal["looper", "trl"] = _f("looper", "Who samples the completions: looper (this project's engine, generation.engine, on a private copy of the base weights with the current LoRA merged in, refreshed every step; fast on CUDA) | trl (TRL's own model.generate on base + unmerged LoRA, the reference path).")
     beta: Weight = _f(0.0, "KL weight against the initial adapter; 0 = no reference model (TRL's default).")
     learning_rate: Rate = _f(1e-5, "Learning rate.")
     lr_scheduler: Scheduler = _f("cosine", "transformers scheduler name.")
@@ -232,12 +233,26 @@ class EvalConfig:
     max_new_tokens: Count = _f(512, "Max generated tokens per question.")
     batch_size: Count = _f(64, "Questions per generation batch.")
     limit: Count | None = _f(None, "Only the first N questions.")
-    engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine for eval AND rollouts: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
+
+
+@dataclass
+class GenerationConfig:
+    """The generation engine's settings, shared by every phase that generates: eval, rollouts and GRPO's sampling
+    (``grpo.generation: looper``). Once ``eval.*`` keys: ``RENAMED`` maps the old names."""
+
+    engine: Literal["auto", "hf", "fast"] = _f("auto", "Generation engine of eval, rollouts and GRPO sampling: auto (fast on CUDA for llama/mistral/qwen2, else hf) | hf (batched generate) | fast (continuous batching, static KV cache, CUDA graphs).")
     fast_attn: Literal["sdpa", "bmm", "flex"] = _f("sdpa", "The fast engine's decode attention (eval, rollouts, GRPO sampling): sdpa (the whole static cache under a length mask) | bmm | flex (FlexAttention: each sequence reads only its own KV blocks; compiled once per cache length). See bench/RESULTS.md.")
     fast_fuse: bool = _f(True, "The fast engine's fused decode layer (eval, rollouts, GRPO sampling): q/k/v and gate/up as one GEMM each, norm/rotary/SiLU as fused kernels (compiled on CUDA) wherever the weights are plain (base or merged LoRA); false: the model's own modules each step. See bench/RESULTS.md.")
-    merge_adapter: bool = _f(True, "Generate (eval AND rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed.")
-    answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval AND in rollout rewards: strict (#### N) | flexible.")
-    protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples and rewards follow it too.")
+    merge_adapter: bool = _f(True, "Generate (eval and rollouts) from the adapter merged into this process's copy of the base weights (PEFT merge_and_unload; about 3x faster); false = base + unmerged LoRA, the reference path. The adapter on disk is never changed. (GRPO sampling always merges: grpo.generation.)")
+
+
+@dataclass
+class TaskConfig:
+    """How GSM8K is prompted and graded (``task.GSM8K.from_config``), alike in eval, rollout rewards and GRPO rewards.
+    Once ``eval.*`` keys: ``RENAMED`` maps the old names."""
+
+    answer_mode: Literal["strict", "flexible"] = _f("flexible", "Extraction that decides `correct` in eval, rollout rewards and GRPO rewards: strict (#### N) | flexible.")
+    protocol: Literal["default", "platinum"] = _f("default", "Evaluation protocol (task.GSM8K): default (model.prompt_format's prompt, `correct` per answer_mode) | platinum (the GSM8K-Platinum authors' prompt template and answer parser, to compare with their published numbers). Rollouts' evaluation-prompt samples, GRPO's prompts and both phases' rewards follow it too.")
 
 
 @dataclass
@@ -257,6 +272,8 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def path(self, rel: str) -> Path:
         """Resolve an output path against run_dir."""
@@ -280,6 +297,50 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{where}': got {err['input']!r}, {_allowed(err)}") from None
 
 
+# Keys that moved out of `eval` because rollouts and GRPO read them too: old name -> new name. The old names still
+# load (a one-line note on stderr); an old and a new name with different values in one file is an error.
+RENAMED = {
+    "eval.engine": "generation.engine",
+    "eval.fast_attn": "generation.fast_attn",
+    "eval.fast_fuse": "generation.fast_fuse",
+    "eval.merge_adapter": "generation.merge_adapter",
+    "eval.answer_mode": "task.answer_mode",
+    "eval.protocol": "task.protocol",
+}
+
+# rollouts.k and grpo.num_generations are both a question's group size, in two phases that a run may use side by
+# side with different values (rejection-sampling rollouts, then GRPO): separate settings, and the one written
+# under the other's name is pointed to its own
+OTHER_GROUP_SIZE = {
+    "grpo.k": "GRPO's completions per question are 'grpo.num_generations'; 'rollouts.k' is the rollouts' own",
+    "rollouts.num_generations": "the rollouts' trajectories per question are 'rollouts.k'; 'grpo.num_generations' is GRPO's own",
+}
+
+
+def _note_renamed(old: str, new: str, source: str) -> None:
+    print(f"{source}: config key '{old}' is deprecated, read as '{new}' (write '{new}')", file=sys.stderr)
+
+
+def _move_renamed(tree: dict, source: str, *, note: bool = True) -> None:
+    """Move the keys of ``tree`` written under their old names (``RENAMED``) to their new ones, in place; a note per
+    key when ``note``. Both names with different values: ConfigError naming both."""
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = tree.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = tree.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: config key '{new_section}' must be a mapping")
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{source}: config keys '{old}' ({value!r}) and '{new}' ({target[new_key]!r}) are one "
+                              f"setting ('{old}' is its old name) with two values: keep only '{new}'")
+        target[new_key] = value
+        if note:
+            _note_renamed(old, new, source)
+
+
 def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -287,7 +348,8 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     for k, v in data.items():
         key = f"{prefix}{k}"
         if k not in names:
-            raise ConfigError(f"{source}: unknown config key '{key}'")
+            hint = f" ({OTHER_GROUP_SIZE[key]})" if key in OTHER_GROUP_SIZE else ""
+            raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
@@ -381,18 +443,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping (key: value lines), got a {type(loaded).__name__}")
         tree = loaded
+        _move_renamed(tree, source)
+    given: dict[str, tuple[str, Any]] = {}  # key -> (the name a --set gave it under, value)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
+        name = key = key.strip()
         try:
             value = yaml_load(raw) if raw != "" else ""
         except DuplicateKeyError as e:
             raise ConfigError(f"--set {item}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
+        if name in RENAMED:
+            key = RENAMED[name]
+            _note_renamed(name, key, "--set")
+        if key in given and given[key][0] != name and given[key][1] != value:
+            raise ConfigError(f"--set: config keys '{given[key][0]}' ({given[key][1]!r}) and '{name}' ({value!r}) are one "
+                              f"setting with two values: keep only '{key}'")
+        given[key] = (name, value)
+        _set_dotted(tree, key, value)
         source = f"{source} + --set"
+    _move_renamed(tree, source)  # old names inside a section given whole (--set eval={engine: fast})
     cfg = _build(Config, tree, "", source)
     _check_arms(cfg, source)
     _check_trainer_args(cfg, source)
@@ -523,8 +596,12 @@ def phase_settings(cfg: Config | dict, phase: str) -> dict[str, Any]:
 
 
 def fingerprint(cfg: Config, phase: str) -> str:
-    """Short hash of ``phase_settings``; every phase writes it into its summary as ``settings_fingerprint``."""
-    text = json.dumps(phase_settings(cfg, phase), sort_keys=True, default=str)
+    """Short hash of ``phase_settings``; every phase writes it into its summary as ``settings_fingerprint``. Renamed
+    keys are hashed under their old names (``RENAMED``), so a fingerprint stays the one of the same settings
+    before the rename: summaries written before and after it compare equal."""
+    old_name = {new: old for old, new in RENAMED.items()}
+    settings = {old_name.get(k, k): v for k, v in phase_settings(cfg, phase).items()}
+    text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -538,6 +615,8 @@ def changed_settings(cfg: Config, phase: str, resolved: str | Path) -> list[tupl
         raise _yaml_error(p, e) from None
     if not isinstance(old_tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
+    # a resolved config written before a rename holds the old names (no note: the code wrote it, not the user)
+    _move_renamed(old_tree, str(p), note=False)
     old, new = phase_settings(old_tree, phase), phase_settings(cfg, phase)
     # a key the old config does not have (added to the code since) had its default then
     default = phase_settings(Config(), phase)

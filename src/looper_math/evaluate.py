@@ -3,12 +3,13 @@
 Command: ``looper-math eval --adapter sft|dpo|none|PATH`` (aliases: ``python -m
 src.eval.eval_abel_sft_platinum`` and ``src.eval.eval_abel_coherence_platinum``).
 
-Greedy decoding, batched with left padding (same outputs as one at a time; tested). Prompts and grading
-come from the task (``task.GSM8K``, ``eval.protocol``): both extraction pipelines are reported under their
+Greedy decoding by ``generation.engine``: hf batches with left padding, fast decodes in slots refilled as
+sequences finish (continuous batching); either gives the outputs of one question at a time (tested). Prompts and grading
+come from the task (``task.GSM8K``, ``task.protocol``): both extraction pipelines are reported under their
 own names, lm-evaluation-harness style (``strict`` reads the ``#### N`` line, ``flexible`` falls back to
 "The answer is", ``\\boxed{}`` and the last number; a hedged completion, whose ``#### N`` and ``\\boxed{N}``
 disagree, has neither and is wrong: ``answers.hedged``, the row's ``hedged``); the headline ``correct`` (and ``extracted``) uses
-``eval.answer_mode``, or the GSM8K-Platinum harness's parser under ``eval.protocol: platinum`` (the same
+``task.answer_mode``, or the GSM8K-Platinum harness's parser under ``task.protocol: platinum`` (the same
 grading rollouts use for rewards).
 
 Writes one JSONL row per question (append-only, keyed by question_id, resumable) and a summary JSON
@@ -55,7 +56,7 @@ def summarize(rows: list[dict], *, checkpoint: str | None, cfg: Config, run_toke
     headline, strict, flexible = acc("correct", rows), acc("correct_strict", rows), acc("correct_flexible", rows)
     return {
         "n": n, "checkpoint": checkpoint, "model": cfg.model.name_or_path, "smoke": cfg.smoke,
-        "answer_mode": cfg.eval.answer_mode, "protocol": cfg.eval.protocol, "split": cfg.eval.split,
+        "answer_mode": cfg.task.answer_mode, "protocol": cfg.task.protocol, "split": cfg.eval.split,
         "data": cfg.data.test if cfg.eval.split == "test" else cfg.data.train,
         "accuracy": headline["accuracy"], "ci95": headline["ci95"],
         "accuracy_strict": strict["accuracy"], "ci95_strict": strict["ci95"],
@@ -83,7 +84,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
     task = GSM8K.from_config(cfg)
     problems = take_shard(task.load(cfg, cfg.eval.split, cfg.eval.limit), sh)
     tokenizer = load_tokenizer(cfg)
-    model, adapter_dir = load_model_with_adapter(cfg, adapter, merge=cfg.eval.merge_adapter)
+    model, adapter_dir = load_model_with_adapter(cfg, adapter, merge=cfg.generation.merge_adapter)
     prepare_for_generation(model, tokenizer, cfg.model.prompt_format)
     checkpoint = str(adapter_dir) if adapter_dir else f"base:{cfg.model.name_or_path}"
     run_tokens, t0 = 0, time.time()
@@ -105,7 +106,7 @@ def evaluate(cfg: Config, adapter: str | None = "sft", *, output: str | Path | N
             reqs = [GenRequest(prompt=task.prompt(tokenizer, p.question)) for p in part]
             results = generate(model, tokenizer, reqs, max_new_tokens=cfg.eval.max_new_tokens,
                                batch_size=cfg.eval.batch_size, stop_strings=task.stop_strings,
-                               engine=cfg.eval.engine, fast=fast_options(cfg.eval), desc=f"eval {start + len(part)}/{len(todo)}")
+                               engine=cfg.generation.engine, fast=fast_options(cfg.generation), desc=f"eval {start + len(part)}/{len(todo)}")
             rows = []
             for p, r in zip(part, results):
                 rows.append(EvalRow(question_id=p.question_id, question=p.question, gold=p.gold, prediction=r.text,

@@ -1,5 +1,5 @@
 """Kept for backwards compatibility of ``from looper_math.generation import ...``: the engines moved to the
-``looper_math.engine`` package (issue 26); this module re-exports the public names it had, from their homes.
+``looper_math.engine`` package (one module per concern); this module re-exports the public names it had, from their homes.
 
 New code imports from ``looper_math.engine.api`` (or the engine module that defines a name). Patching a name
 here (``monkeypatch.setattr``) changes nothing the engines call: patch it in the module that looks it up

@@ -1,4 +1,4 @@
-"""Phase 4, online — GRPO from an adapter (issue 13's "online" lever; ``policy: grpo`` makes it the phase
+"""Phase 4, online — GRPO from an adapter (the online alternative to rollouts -> pairs -> DPO; ``policy: grpo`` makes it the phase
 that each round of ``looper-math run`` trains).
 
 Command: ``looper-math grpo [--resume]``. Writes the adapter to ``grpo.output_dir`` (layout in train_common);
@@ -8,7 +8,7 @@ evaluate it with ``looper-math eval --adapter grpo``.
   ``grpo.num_generations`` completions per training question under the evaluation prompt, sampled by this
   project's engine on a merged copy of the current policy (``MergedRollouts``, TRL's ``rollout_func``), or by
   TRL's own ``model.generate`` with ``grpo.generation: trl``.
-- ``grpo.reward``: ``correctness`` (default) is ``alpha_correct * correct``, graded in ``eval.answer_mode``;
+- ``grpo.reward``: ``correctness`` (default) is ``alpha_correct * correct``, graded in ``task.answer_mode``;
   ``regime_w`` is the rollouts' reward from the same code, ``alpha_correct * correct + beta_coherence * s_wm -
   length_penalty * num_tokens`` (``regime_w.reward.compute_reward``), ``s_wm`` from
   ``regime_w.scoring.score_group`` over the question's group of completions (the group GRPO normalizes over
@@ -82,9 +82,9 @@ def grpo_reward(cfg: Config):
 
 class MergedRollouts:
     """GRPOTrainer's ``rollout_func`` for ``grpo.generation: looper``: completions from this project's
-    ``engine.api.generate`` (``eval.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
+    ``engine.api.generate`` (``generation.engine``; the fast engine on CUDA) instead of TRL's ``model.generate``.
 
-    Decoding base + unmerged LoRA is about 3x slower than the plain model (issue 12), and merging in place
+    Decoding base + unmerged LoRA is about 3x slower than the plain model (1.8x on the 0.5B eval, bench/RESULTS.md), and merging in place
     and back each step would drift the bf16 base weights. So the policy is copied once into a private
     plain model and, before every generation, each LoRA projection of that copy is set to
     ``base_weight + delta`` (PEFT's ``get_delta_weight``, dropout off) from the trainer's current adapter.
@@ -128,7 +128,7 @@ class MergedRollouts:
         self.calls += 1
         results = generate(self.copy, self.tokenizer, requests, max_new_tokens=g.max_completion_length,
                            batch_size=len(requests), stop_strings=self.stop_strings,
-                           engine=self.cfg.eval.engine, fast=fast_options(self.cfg.eval), progress=False)
+                           engine=self.cfg.generation.engine, fast=fast_options(self.cfg.generation), progress=False)
         out = {"prompt_ids": encode_prompts(self.tokenizer, prompts), "completion_ids": [r.token_ids for r in results],
                "logprobs": None}
         dt = time.perf_counter() - t0  # generate returns host lists: the GPU work is finished
@@ -143,7 +143,7 @@ def build_dataset(cfg: Config, tokenizer):
 
     task = GSM8K.from_config(cfg)
     problems = task.load(cfg, "train", cfg.grpo.limit)
-    # the evaluation prompt as text (chat template applied): what eval and rollouts give the model, eval.protocol included
+    # the evaluation prompt as text (chat template applied): what eval and rollouts give the model, task.protocol included
     rows = [{"prompt": task.prompt(tokenizer, p.question), "question": p.question, "answer": p.answer,
              "gold": p.gold, "question_id": p.question_id} for p in problems]
     if not rows:

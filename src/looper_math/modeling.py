@@ -19,16 +19,6 @@ from looper_math.errors import ModelError  # re-exported (its home is errors.py)
 from looper_math.phases import TRAINED
 
 
-def __getattr__(name: str):
-    """The smoke model's builders moved to ``looper_math.smoke`` (the task's data and prompts live there, not in
-    model loading); these old names still resolve."""
-    if name in ("build_tiny_model", "ensure_tiny_model", "TINY_CHAT_TEMPLATE"):
-        from looper_math import smoke
-
-        return getattr(smoke, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def resolve_device(cfg) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -216,7 +206,7 @@ def load_model_with_adapter(cfg, which: str | None, device: str | None = None, *
     """(model, adapter_path_or_None). The adapter is loaded with PEFT. ``merge=True`` (generation only)
     folds the LoRA weights into this process's private copy of the base weights (PEFT
     ``merge_and_unload``), so decoding runs the plain model's kernels instead of base + two low-rank
-    matmuls per projection (3.4x slower on the H200, issue 12); the adapter on disk is not touched and
+    matmuls per projection (3.4x slower on the H200); the adapter on disk is not touched and
     stays the artefact. In bf16 the merged weights round differently from base + LoRA at run time, so
     greedy outputs can differ at near-ties; in fp32 they are equal (tested)."""
     model = load_model(cfg, device)

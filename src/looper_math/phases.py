@@ -51,9 +51,9 @@ class PhaseSpec:
 
 
 # What rollouts read besides their sections: the grading and the engine they sample with.
-_ROLLOUT_SETTINGS = ("model", "data", "regime_w", "rollouts", "eval.answer_mode", "eval.protocol", "eval.engine",
-                     "eval.fast_attn", "eval.fast_fuse")
-_EVAL_SETTINGS = ("model", "data", "eval")
+_ROLLOUT_SETTINGS = ("model", "data", "regime_w", "rollouts", "task.answer_mode", "task.protocol", "generation.engine",
+                     "generation.fast_attn", "generation.fast_fuse")
+_EVAL_SETTINGS = ("model", "data", "eval", "generation", "task")
 
 PHASES: dict[str, PhaseSpec] = {s.name: s for s in (
     # the base model's rollouts that rejection-sampling SFT (sft.data rft) learns from (rollouts.*, no adapter)
@@ -73,8 +73,8 @@ PHASES: dict[str, PhaseSpec] = {s.name: s for s in (
               per_round=True, trl_config="DPOConfig"),
     PhaseSpec("eval_dpo", "eval", "eval.dpo_output", "rows", _EVAL_SETTINGS, ("dpo",), adapter="dpo", count_key="n",
               label="dpo", per_round=True),
-    PhaseSpec("grpo", "grpo", "grpo.output_dir", "adapter", ("grpo", "regime_w", "eval.answer_mode", "eval.protocol",
-              "eval.engine", "eval.fast_attn", "eval.fast_fuse"), ("sft",), adapter="grpo", label="grpo", per_round=True,
+    PhaseSpec("grpo", "grpo", "grpo.output_dir", "adapter", ("grpo", "regime_w", "task.answer_mode", "task.protocol",
+              "generation.engine", "generation.fast_attn", "generation.fast_fuse"), ("sft",), adapter="grpo", label="grpo", per_round=True,
               trl_config="GRPOConfig"),
     PhaseSpec("eval_grpo", "eval", "eval.grpo_output", "rows", _EVAL_SETTINGS, ("grpo",), adapter="grpo", count_key="n",
               label="grpo", per_round=True),

@@ -10,7 +10,7 @@ plain preference format (``prompt``, ``chosen``, ``rejected``: strings) plus boo
 next to it ``<stem>.summary.json`` (its counts printed in one line) and ``<stem>.resolved_config.yaml``. The output is
 rewritten whole (temp file + rename); an existing one is refused without ``--overwrite``.
 
-Rules (DESIGN.md, "Pairs (correctness first)"):
+Rules (correctness first):
 
 - Trajectories that did not hit EOS (``finished == False``) and empty completions are dropped: DPO
   would otherwise learn to prefer truncated text.

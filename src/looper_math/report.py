@@ -171,8 +171,8 @@ def _find_eval(evals: list[dict], checkpoint: str) -> dict | None:
 def _deltas_html(layout: RunLayout, evals: list[dict], e: dict) -> str:
     """A checkpoint's differences to its parent (what it was trained from, :func:`_trained_from`) and to the
     base model, each evaluated on the same split (dev and test figures are never paired); nothing for the
-    base model itself. Issue 25: the card before it in phase order is no reference (GRPO trained from SFT was
-    compared with DPO)."""
+    base model itself. The card before it in phase order is no reference: GRPO trained from SFT would be
+    compared with DPO."""
     if e["checkpoint"].startswith("base:"):
         return ""
     same = [x for x in evals if x is not e and x.get("split") == e.get("split")]

@@ -85,15 +85,6 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def safe_join(root: str | Path, name: str) -> Path:
-    """Join a data-derived name under root; refuse absolute names and '..' escapes."""
-    root = Path(root).resolve()
-    p = (root / name).resolve()
-    if Path(name).is_absolute() or not p.is_relative_to(root):
-        raise DataError(f"path {name!r} escapes the run directory {root}")
-    return p
-
-
 def check_output(path: str | Path, *, resume: bool, overwrite: bool, resumable: bool = True) -> str:
     """Decide what to do with an existing output. Returns 'fresh', 'resume' or 'overwrite'.
 

@@ -74,10 +74,10 @@ class EvalRow(TypedDict):
     question: str
     gold: str
     prediction: str
-    extracted: str | None  # the extraction that decided `correct` (eval.answer_mode's, or the platinum parser's)
+    extracted: str | None  # the extraction that decided `correct` (task.answer_mode's, or the platinum parser's)
     extracted_strict: str | None
     extracted_flexible: str | None
-    correct: bool  # per eval.protocol / eval.answer_mode
+    correct: bool  # per task.protocol / task.answer_mode
     correct_strict: bool
     correct_flexible: bool
     hedged: NotRequired[bool]  # its #### N and \boxed{N} answers disagree (answers.hedged): graded wrong; rows written before lack it

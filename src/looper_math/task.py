@@ -1,10 +1,10 @@
 """The task: GSM8K (and GSM8K-Platinum) as one object that loads, prompts, extracts and grades.
 
 Rollouts, GRPO rewards and evaluation all grade through :class:`GSM8K`, so ``correct`` means the same
-thing in a reward and in an accuracy. Two evaluation protocols (``eval.protocol``):
+thing in a reward and in an accuracy. Two evaluation protocols (``task.protocol``):
 
 - ``default`` (this project's): the prompt of ``model.prompt_format`` (``prompts.build_prompt``); ``correct``
-  from ``eval.answer_mode`` (``strict``: the ``#### N`` line; ``flexible``: then "The answer is", ``\\boxed{}``,
+  from ``task.answer_mode`` (``strict``: the ``#### N`` line; ``flexible``: then "The answer is", ``\\boxed{}``,
   the last number; see ``answers``). Both extractions are recorded. A hedged completion (its ``#### N`` and
   ``\\boxed{N}`` answers disagree, ``answers.hedged``) has no answer in either mode, so it is wrong in eval, in
   the rollouts' ``correct`` and in GRPO rewards alike: the rule lives in the extractor they all call.
@@ -98,13 +98,13 @@ class GSM8K:
     def __post_init__(self):
         check_format(self.prompt_format)
         if self.answer_mode not in ("strict", "flexible"):
-            raise ConfigError(f"eval.answer_mode: expected 'strict' or 'flexible', got {self.answer_mode!r}")
+            raise ConfigError(f"task.answer_mode: expected 'strict' or 'flexible', got {self.answer_mode!r}")
         if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"eval.protocol: expected one of {PROTOCOLS}, got {self.protocol!r}")
+            raise ConfigError(f"task.protocol: expected one of {PROTOCOLS}, got {self.protocol!r}")
 
     @classmethod
     def from_config(cls, cfg) -> GSM8K:
-        return cls(cfg.model.prompt_format, cfg.eval.answer_mode, cfg.eval.protocol)
+        return cls(cfg.model.prompt_format, cfg.task.answer_mode, cfg.task.protocol)
 
     # ---- data
     @staticmethod
@@ -133,7 +133,7 @@ class GSM8K:
 
     # ---- grading
     def extract(self, text: str) -> str | None:
-        """The answer that decides ``correct`` (the protocol's parser, or ``eval.answer_mode``'s extraction)."""
+        """The answer that decides ``correct`` (the protocol's parser, or ``task.answer_mode``'s extraction)."""
         if self.protocol == "platinum":
             return platinum_parse(text)
         return extract_answer(text, mode=self.answer_mode)

@@ -40,9 +40,9 @@ class FastOptions:
 ATTN_CORES = ("sdpa", "bmm", "flex")
 
 
-def fast_options(eval_cfg) -> FastOptions:
-    """The fast engine's switches a config's ``eval`` section sets (``fast_attn``, ``fast_fuse``)."""
-    return FastOptions(attn=eval_cfg.fast_attn, fuse=eval_cfg.fast_fuse)
+def fast_options(generation_cfg) -> FastOptions:
+    """The fast engine's switches a config's ``generation`` section sets (``fast_attn``, ``fast_fuse``)."""
+    return FastOptions(attn=generation_cfg.fast_attn, fuse=generation_cfg.fast_fuse)
 
 
 def _check_attn(attn: str, flex_block: int) -> None:

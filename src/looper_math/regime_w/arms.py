@@ -232,10 +232,6 @@ class Bandit:
         self.correct_sum = np.zeros(n, dtype=np.int64)
 
     # -- allocation ---------------------------------------------------------------------------
-    def allocate(self, question_id: str) -> list[str]:
-        """k arm names for one question: a round of one question (``allocate_round``)."""
-        return self.allocate_round([question_id])[question_id]
-
     def allocate_round(self, question_ids: list[str]) -> dict[str, list[str]]:
         """k arm names for every question of one round; a pure function of (stats, seed, question_ids).
 
