@@ -26,7 +26,7 @@ import typer
 from looper_math.phases import TRAINED
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval.")
+                  help="Looper-Math-Platinum: post-training for grade-school math. SFT (gold or rejection-sampled) -> DPO rounds (Regime W rollouts -> correctness-first pairs) or GRPO -> evaluation with per-example JSONL (GSM8K test, or GSM8K-Platinum).")
 
 CONFIG_DIR = files("looper_math") / "configs"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded demo config).")]
@@ -80,7 +80,7 @@ def quiet_known_warnings() -> None:
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
          debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error instead of one line (also LOOPER_DEBUG=1).")] = False):
-    """Looper-Math-Platinum: SFT -> Regime W rollouts -> correctness-first pairs -> DPO -> GSM8K-Platinum eval."""
+    """Looper-Math-Platinum: post-training for grade-school math. SFT (gold or rejection-sampled) -> DPO rounds (Regime W rollouts -> correctness-first pairs) or GRPO -> evaluation with per-example JSONL (GSM8K test, or GSM8K-Platinum)."""
     _DEBUG["on"] = debug or _env_debug()
     quiet_known_warnings()
 
@@ -266,7 +266,7 @@ def report(run_dir: Annotated[Path | None, typer.Argument(help="Run directory (d
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, overwrite: OverwriteOpt = False,
         rounds: Annotated[Optional[int], typer.Option(help="Rounds after SFT, each from the newest adapter (policy dpo: rollouts -> pairs -> DPO; grpo: GRPO); default: the config's `rounds`.")] = None,
-        rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran (and what depends on it) instead of stopping.")] = False):
+        rerun_changed: Annotated[bool, typer.Option("--rerun-changed", help="Rerun a finished phase whose settings or inputs changed since it ran, or whose output no longer matches its summary (a torn or edited file), and what depends on it, instead of stopping.")] = False):
     """Every phase of the config's recipe: SFT, eval of base and SFT, then per round rollouts -> pairs -> DPO -> eval (policy: dpo) or GRPO -> eval (policy: grpo); compare; report.
 
     SFT with sft.data rft first rolls out the base model. Complete and current phases are skipped, partial ones
