@@ -24,7 +24,6 @@ Exit 0: all done; 3: cut by the deadline (call again); 1: a step failed (its fir
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tarfile
@@ -36,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from looper_math.config import load_config  # noqa: E402
-from looper_math.stats import mcnemar_exact_p  # noqa: E402
+from looper_math.compare import compare  # noqa: E402
+from looper_math.errors import DataError  # noqa: E402
 
 CLI = [sys.executable, "-m", "looper_math.cli"]
 
@@ -84,24 +84,16 @@ class Runner:
         self.wait(self.popen(name, args))
 
 
-def accuracy_and_flags(path: Path) -> tuple[float, dict[str, bool]]:
-    rows = [json.loads(line) for line in path.open()]
-    flags = {str(r["question_id"]): bool(r["correct"]) for r in rows}
-    return sum(flags.values()) / len(flags), flags
-
-
 def paired(a: Path, b: Path) -> str:
-    """One line: both accuracies, b - a, discordant counts and the exact McNemar p (stats.mcnemar_exact)."""
-    acc_a, fa = accuracy_and_flags(a)
-    acc_b, fb = accuracy_and_flags(b)
-    if set(fa) != set(fb):
-        raise Failed(f"{a} and {b} hold different questions")
-    b01 = sum(1 for q in fa if not fa[q] and fb[q])
-    b10 = sum(1 for q in fa if fa[q] and not fb[q])
-    p = mcnemar_exact_p(b01, b10)
-    sig = "" if p < 0.05 else ", not significant"
-    return (f"{a.stem} {acc_a:.2%} -> {b.stem} {acc_b:.2%}: {100 * (acc_b - acc_a):+.2f} pts "
-            f"({b01}/{b10}), exact McNemar p = {p:.2g}{sig} (n = {len(fa)})")
+    """One line: both accuracies, b - a, discordant counts and the exact McNemar p (``looper-math compare``'s own
+    ``compare``, which also refuses files of different questions)."""
+    try:
+        r = compare(a, b)
+    except DataError as e:
+        raise Failed(str(e)) from None
+    sig = "" if r["mcnemar_p"] < 0.05 else ", not significant"
+    return (f"{a.stem} {r['a']['accuracy']:.2%} -> {b.stem} {r['b']['accuracy']:.2%}: {100 * r['delta']:+.2f} pts "
+            f"({r['b01']}/{r['b10']}), exact McNemar p = {r['mcnemar_p']:.2g}{sig} (n = {r['n']})")
 
 
 def main() -> int:
@@ -163,7 +155,7 @@ def main() -> int:
         lines = [paired(outs / "base_dev_eval.jsonl", outs / "sft_dev_eval.jsonl")]
         lines += [paired(outs / "sft_dev_eval.jsonl", outs / f"{curve[n]}.jsonl") for n in steps]
         lines += [paired(outs / f"{curve[steps[0]]}.jsonl", outs / f"{curve[n]}.jsonl") for n in steps[1:]]
-        acc = {n: accuracy_and_flags(outs / f"{curve[n]}.jsonl")[0] for n in steps}
+        acc = {n: compare(outs / "sft_dev_eval.jsonl", outs / f"{curve[n]}.jsonl")["b"]["accuracy"] for n in steps}
         chosen = max(steps, key=lambda n: (acc[n], -n))
         choice = "".join(f"grpo steps {n}: dev accuracy {acc[n]:.4f}\n" for n in steps) + f"chosen {chosen}\n"
         (outs / "steps_choice.txt").write_text(choice)
