@@ -39,7 +39,7 @@ from pathlib import Path
 
 from looper_math.config import Config, changed_settings
 from looper_math.phases import EVALS, PHASES, eval_spec
-from looper_math.runio import DataError, atomic_write_json, clear_output, read_json
+from looper_math.runio import DataError, atomic_write_json, clear_output, read_json, sha256_file
 
 SHARD_TAG = ".shard-"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the file of an adapter folder the summary's checksum covers
@@ -60,7 +60,7 @@ def resolved_of(path: Path) -> Path:
 
 
 def _scan(path: Path) -> tuple[int, str]:
-    """(non-empty lines, sha256 of the bytes) of a file."""
+    """(non-empty lines, sha256 of the bytes) of a JSONL, in one pass."""
     h, rows = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for raw in f:
@@ -95,7 +95,7 @@ def output_record(path: Path) -> dict:
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise DataError(f"{weights}: missing after the final save, so the adapter cannot be marked complete")
-    return {"adapter_sha256": _scan(weights)[1]}
+    return {"adapter_sha256": sha256_file(weights)}
 
 
 def write_summary(path: Path, summary: dict) -> dict:
@@ -125,7 +125,7 @@ def integrity_problem(path: Path, count_key: str | None = None) -> str | None:
         if not weights.is_file():
             return f"{weights} is missing but {summary_path.name} says the adapter is complete"
         want = summary.get("adapter_sha256")
-        if want is not None and _scan(weights)[1] != want:
+        if want is not None and sha256_file(weights) != want:
             return f"{weights} differs from the adapter {summary_path.name} recorded (sha256)"
         return None
     if not path.is_file():

