@@ -16,6 +16,9 @@ deadline is simply made again:
  4. The choice: best dev accuracy, fewest steps on a tie -> ``outputs/steps_choice.txt``.
  5. Test evals of base, SFT and the chosen checkpoint only, with paired tests; ``--bench2`` (a local JSONL of
     question/answer rows, never used for a choice) the same three.
+ 6. ``--sft-data gold`` (optional, last): a second SFT of the same config with ``sft.data`` set to that value, into
+    ``checkpoints/sft_<value>``, evaluated on dev only and paired against the recipe's SFT -> ``sft_data_paired.txt``
+    (the SFT data chosen on dev, not on test).
 Everything lands in ``<run_dir>/outputs`` and ``<run_dir>/logs``; ``--out`` gets ``log.txt``-able printouts and one
 ``results.tgz`` (per-example outputs, summaries, the adapters' train summaries, logs).
 Exit 0: all done; 3: cut by the deadline (call again); 1: a step failed (its first error line is printed).
@@ -103,6 +106,7 @@ def main() -> int:
     ap.add_argument("--steps", default="70,105,140", help="GRPO lengths to evaluate on dev (one run to the largest)")
     ap.add_argument("--name", default="grpo_steps", help="the GRPO adapter's folder under checkpoints/")
     ap.add_argument("--bench2", default=None, help="a second benchmark (local JSONL), evaluated for the report only")
+    ap.add_argument("--sft-data", default=None, help="a second SFT with this sft.data (e.g. gold), dev eval only, last")
     ap.add_argument("--deadline-s", type=float, default=560)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parallel", type=int, default=3, help="evals side by side")
@@ -176,6 +180,16 @@ def main() -> int:
             lines += [paired(base, sft), paired(sft, fin), paired(base, fin)]
         print("\n".join(lines), flush=True)
         (outs / "test_paired.txt").write_text("\n".join(lines) + "\n")
+        if a.sft_data:
+            alt, stem = f"checkpoints/sft_{a.sft_data.replace('+', '_')}", f"sft_{a.sft_data.replace('+', '_')}_dev_eval"
+            alt_sets = ["--set", f"sft.data={a.sft_data}", "--set", f"sft.output_dir={alt}"]
+            if not (run_dir / alt / "train_summary.json").is_file():
+                R.run(f"sft_{a.sft_data}", ["sft", *common, *alt_sets, "--resume"])
+            if not done(stem):
+                R.run(stem, eval_args(str(run_dir / alt), "dev", stem))
+            line = paired(outs / "sft_dev_eval.jsonl", outs / f"{stem}.jsonl")
+            print(line, flush=True)
+            (outs / "sft_data_paired.txt").write_text(line + "\n")
         print("=== grpo_steps: complete", flush=True)
     except Cut as e:
         print(f"=== grpo_steps: cut by the deadline during {e}; call again (finished steps are kept)", flush=True)

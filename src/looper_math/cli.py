@@ -137,19 +137,27 @@ def _guard(fn, *args, again: str = "rerun with --resume once fixed", interrupted
 @app.command()
 def sft(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
     """Phase 1: LoRA SFT on the training split -> sft.output_dir (sft.data rft: rolls out the base model first)."""
-    from looper_math.layout import RunLayout
-    from looper_math.rollouts import collect_rollouts
+    from looper_math.layout import rft_rollouts_config
     from looper_math.sft import train_sft
 
     def go():
         cfg = _load(config, set)
-        base = RunLayout(cfg).rollouts_base()
-        if base is not None and not base.complete:  # the original phase-1 command keeps working on its own
-            print(f"sft: sft.data={cfg.sft.data} needs the base model's rollouts; collecting {base.path} first")
-            collect_rollouts(base.cfg, resume=True)
+        if rft_rollouts_config(cfg) is not None:  # the original phase-1 command keeps working on its own
+            _base_rollouts_first(cfg, f"sft: sft.data={cfg.sft.data}")
         return train_sft(cfg, resume=resume, overwrite=overwrite)
 
     _guard(go)
+
+
+def _base_rollouts_first(cfg, who: str) -> None:
+    """Collect the base model's rollouts (``sft.rft_rollouts``) when they are not written yet."""
+    from looper_math.layout import RunLayout
+    from looper_math.rollouts import collect_rollouts
+
+    base = RunLayout(cfg).rollouts_base()
+    if base is not None and not base.complete:
+        print(f"{who} needs the base model's rollouts; collecting {base.path} first")
+        collect_rollouts(base.cfg, resume=True)
 
 
 @app.command()
@@ -157,7 +165,13 @@ def grpo(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = False
     """Online RL: TRL GRPO from grpo.init_adapter with the grpo.reward reward (default correctness; regime_w | regime_w_gated) -> grpo.output_dir."""
     from looper_math.grpo import train_grpo
 
-    _guard(lambda: train_grpo(_load(config, set), resume=resume, overwrite=overwrite))
+    def go():
+        cfg = _load(config, set)
+        if cfg.grpo.curriculum == "mixed":
+            _base_rollouts_first(cfg, "grpo: grpo.curriculum=mixed")
+        return train_grpo(cfg, resume=resume, overwrite=overwrite)
+
+    _guard(go)
 
 
 @app.command()

@@ -200,6 +200,7 @@ class GRPOConfig:
     output_dir: str = _f("checkpoints/grpo_lora", "Where the GRPO adapter goes (relative to run_dir).")
     init_adapter: str = _f("sft", "Adapter GRPO starts from: sft | dpo | a path.")
     limit: Count | None = _f(None, "Only the first N training questions (after the dev split).")
+    curriculum: Literal["none", "mixed"] = _f("none", "Which training questions GRPO trains on: none (all of them) | mixed (only those the base model's rollouts, sft.rft_rollouts, answered right at least once and wrong at least once: a group all right or all wrong has zero advantage and teaches nothing; questions without rollouts are left out; `looper-math grpo` and `run` write those rollouts first when missing).")
     num_generations: Count = _f(8, "Completions per question (the group GRPO normalizes rewards over; TRL's GRPOConfig name). The online counterpart of rollouts.k, a separate setting: rollouts.k does not change it.")
     max_completion_length: Count = _f(400, "Max generated tokens per completion.")
     temperature: Weight = _f(0.8, "Sampling temperature of the completions.")
@@ -595,12 +596,19 @@ def phase_settings(cfg: Config | dict, phase: str) -> dict[str, Any]:
             if k not in NOT_SETTINGS and any(k == s or k.startswith(s + ".") for s in keys)}
 
 
+# Keys added to a phase's settings after outputs were fingerprinted, with the value that is the behaviour from before
+# them: hashed only when set to something else, so outputs written before a key existed keep their fingerprint.
+ADDED_SETTINGS = {"grpo.curriculum": "none"}
+
+
 def fingerprint(cfg: Config, phase: str) -> str:
     """Short hash of ``phase_settings``; every phase writes it into its summary as ``settings_fingerprint``. Renamed
     keys are hashed under their old names (``RENAMED``), so a fingerprint stays the one of the same settings
-    before the rename: summaries written before and after it compare equal."""
+    before the rename: summaries written before and after it compare equal. So do keys added since at their
+    old behaviour (``ADDED_SETTINGS``)."""
     old_name = {new: old for old, new in RENAMED.items()}
-    settings = {old_name.get(k, k): v for k, v in phase_settings(cfg, phase).items()}
+    settings = {old_name.get(k, k): v for k, v in phase_settings(cfg, phase).items()
+                if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -18,6 +18,9 @@ evaluate it with ``looper-math eval --adapter grpo``.
   section 0) correctness gained 7.3 points over SFT on test; regime_w was gamed: completions shrank from
   ~290 tokens to one-line equations ("1 /1 = 1": unanimous, valid, grounded, s_wm 0.7, or 1.0 with the
   label-free s_cf), which outscore the SFT policy's mean reward, and test accuracy fell to 1-2 %.
+- ``grpo.curriculum: mixed`` trains only on the questions the base model's rollouts (``sft.rft_rollouts``) answered
+  both right and wrong: a group all right or all wrong has zero advantage, so about half of each step (the 0.5B's
+  ``frac_reward_zero_std`` is ~0.45 on every question) teaches nothing.
 - Mean completion length per step goes into the summary (``completion_lengths``); a run whose last logged
   mean length is under a quarter of its first prints a warning (the collapse above).
 - ``grpo.beta`` 0 (TRL's default) trains without a reference model; > 0 adds the KL term.
@@ -30,12 +33,16 @@ import os
 import time
 from collections import defaultdict
 
+from pathlib import Path
+
 from looper_math.config import Config
 from looper_math.engine.api import GenRequest, encode_prompts, fast_options, generate
+from looper_math.layout import check_intact
 from looper_math.modeling import chat_end_token, load_model, load_model_with_adapter, load_tokenizer, resolve_device
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
 from looper_math.runio import DataError
+from looper_math.schemas import RolloutRow, read_rows
 from looper_math.seeds import stable_seed
 from looper_math.task import GSM8K
 from looper_math.train_common import TrainerRun, configure_cuda_training, is_main, launched_state, loss_line
@@ -138,11 +145,42 @@ class MergedRollouts:
         return out
 
 
+def question_kinds(path: Path) -> dict[str, str]:
+    """Each question of a rollouts file: ``mixed`` (at least one correct and one incorrect trajectory: its GRPO group
+    has a non-zero advantage), ``all_wrong`` or ``all_right``."""
+    if not path.exists():
+        raise DataError(f"{path}: grpo.curriculum is mixed but the base rollouts file is missing (`looper-math grpo` and "
+                        f"`looper-math run` write it first; or `looper-math rollouts --set rollouts.adapter=none "
+                        f"--set rollouts.output=...`)")
+    check_intact(path, "rows")
+    seen: dict[str, set[bool]] = defaultdict(set)
+    for row in read_rows(path, RolloutRow, ("question_id", "correct")):
+        seen[row["question_id"]].add(bool(row["correct"]))
+    return {q: "mixed" if len(v) == 2 else "all_right" if True in v else "all_wrong" for q, v in seen.items()}
+
+
+def curriculum(cfg: Config, problems: list) -> list:
+    """``grpo.curriculum``: every training question (none), or only the mixed ones of the base rollouts (mixed)."""
+    if cfg.grpo.curriculum == "none":
+        return problems
+    path = cfg.path(cfg.sft.rft_rollouts)
+    kinds = question_kinds(path)
+    count = {k: sum(kinds.get(p.question_id, "without rollouts") == k for p in problems)
+             for k in ("mixed", "all_wrong", "all_right", "without rollouts")}
+    kept = [p for p in problems if kinds.get(p.question_id) == "mixed"]
+    print(f"grpo: curriculum mixed: {len(kept)} of {len(problems)} training questions kept (in {path}: "
+          f"{count['all_wrong']} all wrong, {count['all_right']} all right; {count['without rollouts']} without rollouts)")
+    if not kept:
+        raise DataError(f"{path}: grpo.curriculum mixed: no training question has both correct and incorrect "
+                        f"trajectories in it")
+    return kept
+
+
 def build_dataset(cfg: Config, tokenizer):
     import datasets
 
     task = GSM8K.from_config(cfg)
-    problems = task.load(cfg, "train", cfg.grpo.limit)
+    problems = curriculum(cfg, task.load(cfg, "train", cfg.grpo.limit))
     # the evaluation prompt as text (chat template applied): what eval and rollouts give the model, task.protocol included
     rows = [{"prompt": task.prompt(tokenizer, p.question), "question": p.question, "answer": p.answer,
              "gold": p.gold, "question_id": p.question_id} for p in problems]

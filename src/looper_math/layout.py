@@ -15,7 +15,8 @@ file names themselves. Names (relative paths resolve against ``run_dir``)::
 Round r > 1 of ``looper-math run --rounds`` writes its rollouts, pairs, DPO adapter and DPO evaluation
 (``policy: dpo``), or its GRPO adapter and evaluation (``policy: grpo``), with a ``_r{r}`` suffix
 (:func:`round_config`). The base-model rollouts that rejection-sampling SFT learns
-from (``sft.data: rft``) are ``sft.rft_rollouts`` (:func:`rft_rollouts_config`).
+from (``sft.data: rft``, :func:`rft_rollouts_config`) and whose mixed questions GRPO trains on
+(``grpo.curriculum: mixed``, :func:`curriculum_rollouts_config`) are ``sft.rft_rollouts``.
 
 A run directory without a config (``looper-math report RUN_DIR``) is read through
 :meth:`RunLayout.discover`: the conventional folders only (``outputs/``, ``data/``, ``checkpoints/*/``), never
@@ -181,6 +182,17 @@ def rft_rollouts_config(cfg: Config) -> Config | None:
     to ``sft.rft_rollouts``), or None when ``sft.data`` uses no rft data."""
     if "rft" not in cfg.sft.data.split("+"):
         return None
+    return base_rollouts_config(cfg)
+
+
+def curriculum_rollouts_config(cfg: Config) -> Config | None:
+    """The config of the rollouts whose mixed questions GRPO trains on (``grpo.curriculum: mixed``: the same base
+    rollouts, ``sft.rft_rollouts``), or None when GRPO trains on every question."""
+    return base_rollouts_config(cfg) if cfg.grpo.curriculum == "mixed" else None
+
+
+def base_rollouts_config(cfg: Config) -> Config:
+    """The base model's rollouts (no adapter) written to ``sft.rft_rollouts``."""
     c = copy.deepcopy(cfg)
     c.rollouts.adapter = "none"
     c.rollouts.output = cfg.sft.rft_rollouts
@@ -257,12 +269,13 @@ class RunLayout:
         return Output(c, name, c.path(spec.output_in(c)), spec.count_key, inputs, spec.label + _tag(r))
 
     def rollouts_base(self) -> Output | None:
-        """The base model's rollouts that rft SFT learns from, or None when sft.data uses no rft data."""
-        c0 = rft_rollouts_config(self.cfg)
+        """The base model's rollouts that rft SFT learns from and the GRPO curriculum filters by, or None when
+        neither reads them (sft.data without rft, grpo.curriculum none)."""
+        c0 = rft_rollouts_config(self.cfg) or curriculum_rollouts_config(self.cfg)
         return None if c0 is None else self._output("rollouts_base", c0)
 
     def sft(self) -> Output:
-        rb = self.rollouts_base()
+        rb = self.rollouts_base() if rft_rollouts_config(self.cfg) is not None else None
         return self._output("sft", self.cfg, (rb.summary,) if rb else ())
 
     def eval(self, adapter: str | None, r: int = 1) -> Output:
@@ -287,7 +300,8 @@ class RunLayout:
 
     def grpo(self, r: int = 1) -> Output:
         start = self.sft().summary if r == 1 else self.grpo(r - 1).summary
-        return self._output("grpo", round_config(self.cfg, r), (start,), r)
+        base = self.rollouts_base() if self.cfg.grpo.curriculum == "mixed" else None
+        return self._output("grpo", round_config(self.cfg, r), (start, *([base.summary] if base else [])), r)
 
     def _adapter_summary(self, r: int) -> Path:
         """The adapter round r samples from and starts DPO from: SFT for round 1, round r-1's DPO after."""
