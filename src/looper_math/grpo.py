@@ -42,7 +42,7 @@ from looper_math.modeling import chat_end_token, load_model, load_model_with_ada
 from looper_math.regime_w.reward import compute_reward
 from looper_math.regime_w.scoring import score_group
 from looper_math.runio import DataError
-from looper_math.schemas import RolloutRow, read_rows
+from looper_math.schemas import RolloutRow, question_kinds, read_rows
 from looper_math.seeds import stable_seed
 from looper_math.task import GSM8K
 from looper_math.train_common import TrainerRun, configure_cuda_training, is_main, launched_state, loss_line
@@ -145,18 +145,14 @@ class MergedRollouts:
         return out
 
 
-def question_kinds(path: Path) -> dict[str, str]:
-    """Each question of a rollouts file: ``mixed`` (at least one correct and one incorrect trajectory: its GRPO group
-    has a non-zero advantage), ``all_wrong`` or ``all_right``."""
+def rollout_kinds(path: Path) -> dict[str, str]:
+    """``schemas.question_kinds`` of a rollouts file, checked intact first."""
     if not path.exists():
         raise DataError(f"{path}: grpo.curriculum is mixed but the base rollouts file is missing (`looper-math grpo` and "
                         f"`looper-math run` write it first; or `looper-math rollouts --set rollouts.adapter=none "
                         f"--set rollouts.output=...`)")
     check_intact(path, "rows")
-    seen: dict[str, set[bool]] = defaultdict(set)
-    for row in read_rows(path, RolloutRow, ("question_id", "correct")):
-        seen[row["question_id"]].add(bool(row["correct"]))
-    return {q: "mixed" if len(v) == 2 else "all_right" if True in v else "all_wrong" for q, v in seen.items()}
+    return question_kinds(read_rows(path, RolloutRow, ("question_id", "correct")))
 
 
 def curriculum(cfg: Config, problems: list) -> list:
@@ -164,7 +160,7 @@ def curriculum(cfg: Config, problems: list) -> list:
     if cfg.grpo.curriculum == "none":
         return problems
     path = cfg.path(cfg.sft.rft_rollouts)
-    kinds = question_kinds(path)
+    kinds = rollout_kinds(path)
     count = {k: sum(kinds.get(p.question_id, "without rollouts") == k for p in problems)
              for k in ("mixed", "all_wrong", "all_right", "without rollouts")}
     kept = [p for p in problems if kinds.get(p.question_id) == "mixed"]

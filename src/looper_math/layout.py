@@ -300,7 +300,7 @@ class RunLayout:
 
     def grpo(self, r: int = 1) -> Output:
         start = self.sft().summary if r == 1 else self.grpo(r - 1).summary
-        base = self.rollouts_base() if self.cfg.grpo.curriculum == "mixed" else None
+        base = self.rollouts_base() if curriculum_rollouts_config(self.cfg) is not None else None
         return self._output("grpo", round_config(self.cfg, r), (start, *([base.summary] if base else [])), r)
 
     def _adapter_summary(self, r: int) -> Path:

@@ -46,7 +46,7 @@ from looper_math.modeling import load_model_with_adapter, load_tokenizer, prepar
 from looper_math.regime_w import Bandit, compute_reward, load_arms, score_group
 from looper_math.runio import (DataError, JsonlAppender, check_output, read_jsonl, resolve_shard,
                                shard_path, take_shard)
-from looper_math.schemas import ROLLOUT_KEY, RolloutRow
+from looper_math.schemas import ROLLOUT_KEY, RolloutRow, question_kinds
 from looper_math.seeds import stable_seed
 from looper_math.stats import auroc
 from looper_math.task import GSM8K
@@ -89,10 +89,7 @@ def reasoning_of(text: str) -> str:
 
 def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seconds: float, cfg: Config,
               timing: dict | None = None) -> dict:
-    by_q: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_q[r["question_id"]].append(r)
-    mixed = sum(1 for g in by_q.values() if any(r["correct"] for r in g) and not all(r["correct"] for r in g))
+    kinds = list(question_kinds(rows).values())
     per_arm: dict[str, dict] = {}
     stats = bandit.stats() if bandit is not None else {}
     if any(r["arm"] == EVAL_ARM for r in rows):
@@ -106,10 +103,10 @@ def summarize(rows: list[dict], bandit: Bandit | None, run_tokens: int, run_seco
     return {
         "smoke": cfg.smoke, "model": cfg.model.name_or_path, "adapter": cfg.rollouts.adapter, "protocol": cfg.task.protocol,
         "allocation": cfg.regime_w.allocation, "eval_prompt_share": cfg.rollouts.eval_prompt_share,
-        "rows": n, "questions": len(by_q),
+        "rows": n, "questions": len(kinds),
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
-        "share_questions_mixed": mixed / len(by_q) if by_q else 0.0,
-        "share_all_correct": sum(all(r["correct"] for r in g) for g in by_q.values()) / len(by_q) if by_q else 0.0,
+        "share_questions_mixed": kinds.count("mixed") / len(kinds) if kinds else 0.0,
+        "share_all_correct": kinds.count("all_right") / len(kinds) if kinds else 0.0,
         "finished_share": sum(r["finished"] for r in rows) / n if n else 0.0,
         "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
         "per_arm": per_arm,

@@ -145,3 +145,12 @@ def read_rows(path: str | Path, schema: type, need: tuple[str, ...] | None = Non
     for i, row in enumerate(read_jsonl(path, allow_torn_tail=allow_torn_tail), 1):
         check_row(row, schema, need, f"{path}:{i}", nonempty=nonempty)
         yield row
+
+
+def question_kinds(rows: typing.Iterable[dict]) -> dict[str, str]:
+    """Each question of rollout rows by its trajectories' ``correct``: ``mixed`` (at least one correct and one
+    incorrect: a GRPO group of it has a non-zero advantage), ``all_right`` or ``all_wrong``."""
+    seen: dict[str, set[bool]] = {}
+    for row in rows:
+        seen.setdefault(row["question_id"], set()).add(bool(row["correct"]))
+    return {q: "mixed" if len(v) == 2 else "all_right" if True in v else "all_wrong" for q, v in seen.items()}
